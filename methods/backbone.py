@@ -23,7 +23,8 @@ class Backbone(Protocol):
         """Shape of the initial noise for ``batch_size`` samples."""
 
     def encode_prompts(self, prompts: Sequence[str]) -> Any:
-        """Frozen text conditioning for the prompts, including what guidance needs (the empty prompt)."""
+        """Frozen text conditioning for the prompts, including what guidance needs (the empty prompt). The returned
+        object supports ``len(cond)``, ``cond.repeat(n)`` (each prompt n times in a row) and ``cond.index(idx)``."""
 
     def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, cond: Any,
                       guidance_scale: float) -> torch.Tensor:

@@ -1,0 +1,301 @@
+"""Backbones: Stable Diffusion (1.x/2.x) through diffusers, random-weight architectures, and (registered by
+``bench.testbed``) the pixel-space shapes testbed. All implement ``methods.backbone.Backbone``.
+
+Loading follows diffusers' conventions: ``from_pretrained(hub_id_or_local_dir)`` with the usual subfolders
+(``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``). Architectures with random weights are built from
+configs committed in ``bench/configs/<name>/`` (nothing is downloaded); memory and throughput do not depend on weight
+values. The LoRA (peft) sits on the UNet attention projections; it is saved as the diffusers LoRA safetensors that
+``pipeline.load_lora_weights`` reads.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from rewards.base import WeightsNotFoundError
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+class BackboneError(ValueError):
+    """Bad backbone name or setting; one line, user-facing."""
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise BackboneError(f"unknown dtype {dtype!r}; valid: fp32, bf16, fp16")
+    return DTYPES[dtype]
+
+
+@dataclass
+class Conditioning:
+    """Frozen text conditioning of a batch: prompt embeddings and the empty prompt's (for guidance)."""
+
+    embeds: torch.Tensor  # [B, L, D]
+    uncond: torch.Tensor  # [B, L, D]
+
+    def __len__(self) -> int:
+        return self.embeds.shape[0]
+
+    def repeat(self, n: int) -> "Conditioning":
+        """Each prompt ``n`` times in a row (``repeat_interleave``), matching ``latents.repeat_interleave(n)``."""
+        return Conditioning(self.embeds.repeat_interleave(n, 0), self.uncond.repeat_interleave(n, 0))
+
+    def index(self, idx: torch.Tensor | slice) -> "Conditioning":
+        return Conditioning(self.embeds[idx], self.uncond[idx])
+
+
+class DiffusersBackbone(nn.Module):
+    """A text-conditioned ``UNet2DConditionModel`` with a CLIP text encoder, a DDIM schedule and (optionally) a VAE.
+
+    ``vae=None`` means pixel space (the shapes testbed): ``decode(x) = (x + 1) / 2``. Frozen weights are held in
+    ``dtype``; LoRA weights stay fp32 (peft's adapter autocast). The sampling chain itself runs in fp32.
+    """
+
+    def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, *, device: str | torch.device = "cpu",
+                 dtype: str | torch.dtype = torch.float32, lora_rank: int | None = 4, lora_alpha: float | None = None,
+                 gradient_checkpointing: bool = False, name: str = "diffusers"):
+        super().__init__()
+        self.name = name
+        self.device = torch.device(device)
+        self.dtype = parse_dtype(dtype)
+        self.unet, self.text_encoder, self.tokenizer, self.scheduler, self.vae = unet, text_encoder, tokenizer, scheduler, vae
+        for module in (unet, text_encoder, vae):
+            if module is not None:
+                module.requires_grad_(False).eval().to(self.device, self.dtype)
+        if gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        self.lora_rank = lora_rank
+        if lora_rank:
+            if lora_rank < 1:
+                raise BackboneError(f"lora_rank must be >= 1, got {lora_rank}")
+            from peft import LoraConfig
+
+            unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, init_lora_weights="gaussian",
+                                        target_modules=LORA_TARGETS), adapter_name="default")
+            for p in self.trainable_parameters():
+                p.data = p.data.float()
+        self._uncond: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------------- protocol
+    @property
+    def latent_channels(self) -> int:
+        return self.unet.config.in_channels
+
+    @property
+    def latent_size(self) -> int:
+        return self.unet.config.sample_size
+
+    @property
+    def image_size(self) -> int:
+        if self.vae is None:
+            return self.latent_size
+        return self.latent_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def latent_shape(self, batch_size: int) -> tuple[int, ...]:
+        return (batch_size, self.latent_channels, self.latent_size, self.latent_size)
+
+    @torch.no_grad()
+    def _embed(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt").input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> Conditioning:
+        if isinstance(prompts, str):
+            raise BackboneError("encode_prompts takes a list of prompts, not a single string")
+        if self._uncond is None:
+            self._uncond = self._embed([""])
+        embeds = self._embed(prompts)
+        return Conditioning(embeds, self._uncond.expand(len(prompts), -1, -1))
+
+    def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
+                      guidance_scale: float) -> torch.Tensor:
+        """UNet output with classifier-free guidance (applied when ``guidance_scale > 1``, as diffusers does)."""
+        x = latents.to(self.dtype)
+        if guidance_scale > 1.0:
+            out = self.unet(torch.cat([x, x]), timestep, encoder_hidden_states=torch.cat([cond.uncond, cond.embeds])).sample
+            uncond, text = out.float().chunk(2)
+            return uncond + guidance_scale * (text - uncond)
+        return self.unet(x, timestep, encoder_hidden_states=cond.embeds).sample.float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            images = latents.float()
+        else:
+            images = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample.float()
+        return (images / 2 + 0.5).clamp(0, 1)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.unet.parameters() if p.requires_grad]
+
+    # --------------------------------------------------------------------------------------------------- LoRA
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The LoRA in diffusers' key format (``unet.…lora_A.weight``), as ``load_lora_weights`` expects."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name="default"))
+        return {f"unet.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+    def save_lora(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
+        """Write ``pytorch_lora_weights.safetensors`` atomically (a crash never leaves a half-written file)."""
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "pytorch_lora_weights.safetensors"
+        tmp = path.with_suffix(".tmp")
+        meta = {"format": "pt", "lora_rank": str(self.lora_rank), "backbone": self.name}
+        meta.update({k: str(v) for k, v in (metadata or {}).items()})
+        save_file(self.lora_state_dict(), str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    def load_loras(self, loras: Sequence[tuple[str, float]]) -> None:
+        """Apply LoRA files with scales (``[(path, 0.6), (path2, 0.4)]``): θ + Σ scale_i · Δ_i. Replaces the trainable
+        adapter's role for sampling; the files are diffusers LoRA safetensors (a file or a directory holding one)."""
+        names, weights = [], []
+        for i, (path, scale) in enumerate(loras):
+            path = Path(path)
+            if path.is_dir():
+                path = path / "pytorch_lora_weights.safetensors"
+            if not path.exists():
+                raise WeightsNotFoundError(f"LoRA file not found: {path}")
+            name = f"lora{i}"
+            self.unet.load_lora_adapter(str(path), prefix="unet", adapter_name=name)
+            names.append(name)
+            weights.append(float(scale))
+        self.unet.set_adapters(names, weights)
+        self.unet.to(self.device)
+        self.unet.requires_grad_(False)
+
+    def set_lora_scale(self, scale: float) -> None:
+        """Scale the trainable adapter: 0 = the base model, 1 = the tuned model."""
+        self.unet.set_adapters(["default"], [float(scale)])
+
+    # ---------------------------------------------------------------------------------------------- pipeline
+    def pipeline(self):
+        """A diffusers ``StableDiffusionPipeline`` over the same modules (needs a VAE)."""
+        from diffusers import StableDiffusionPipeline
+
+        if self.vae is None:
+            raise BackboneError(f"{self.name} is pixel-space; it has no StableDiffusionPipeline")
+        return StableDiffusionPipeline(vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                                       unet=self.unet, scheduler=self.scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+
+
+# ----------------------------------------------------------------------------------------------------- builders
+def _ddim(config: dict) -> Any:
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(config)
+
+
+def from_config_dir(config_dir: str | os.PathLike, *, seed: int = 0, tokenizer_dir: str | os.PathLike | None = None,
+                    name: str | None = None, **kw) -> DiffusersBackbone:
+    """The architecture in ``config_dir`` (``unet.json``, ``vae.json``, ``text_encoder.json``, ``scheduler.json``) with
+    random weights drawn from ``seed``. Uses a character-level tokenizer unless ``tokenizer_dir`` is given."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    config_dir = Path(config_dir)
+    load = lambda f: json.loads((config_dir / f).read_text())  # noqa: E731
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        unet = UNet2DConditionModel.from_config(load("unet.json"))
+        vae = AutoencoderKL.from_config(load("vae.json")) if (config_dir / "vae.json").exists() else None
+        text_encoder = CLIPTextModel(CLIPTextConfig(**load("text_encoder.json")))
+    finally:
+        torch.random.set_rng_state(state)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir or CONFIG_DIR / "char_tokenizer"))
+    return DiffusersBackbone(unet, text_encoder, tokenizer, _ddim(load("scheduler.json")), vae,
+                             name=name or config_dir.name, **kw)
+
+
+def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str | None = None,
+                    **kw) -> DiffusersBackbone:
+    """A Stable Diffusion 1.x/2.x checkpoint in diffusers layout, from the hub or a local directory. The scheduler is
+    the checkpoint's config turned into a DDIM scheduler (what every method here samples with)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    def part(cls, sub, **extra):
+        try:
+            return cls.from_pretrained(path_or_id, subfolder=sub, revision=revision, **extra)
+        except (OSError, ValueError) as err:
+            where = "local directory" if Path(path_or_id).exists() else "hub id"
+            raise WeightsNotFoundError(
+                f"backbone weights missing: {sub}/ of {where} {path_or_id!r} could not be loaded "
+                f"({type(err).__name__}); download it on a machine with access, or pass a local diffusers directory "
+                f"with --backbone-path DIR") from None
+
+    return DiffusersBackbone(part(UNet2DConditionModel, "unet"), part(CLIPTextModel, "text_encoder"),
+                             part(CLIPTokenizer, "tokenizer"), DDIMScheduler.from_config(part(DDIMScheduler, "scheduler").config),
+                             part(AutoencoderKL, "vae"), name=name or str(path_or_id), **kw)
+
+
+# ----------------------------------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, tuple[Callable[..., DiffusersBackbone], str]] = {}
+
+
+def register(name: str, description: str = "") -> Callable:
+    def wrap(factory):
+        _REGISTRY[name] = (factory, description or (factory.__doc__ or "").strip().split("\n")[0])
+        return factory
+
+    return wrap
+
+
+def available(pattern: str = "*") -> list[str]:
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def describe() -> dict[str, str]:
+    return {n: _REGISTRY[n][1] for n in available()}
+
+
+def create(name: str, **kw) -> DiffusersBackbone:
+    if name not in _REGISTRY:
+        raise BackboneError(f"unknown backbone {name!r}; valid: {', '.join(available())}")
+    return _REGISTRY[name][0](**kw)
+
+
+HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1"}
+
+
+def _hub_factory(key: str) -> Callable[..., DiffusersBackbone]:
+    def factory(path: str | None = None, **kw) -> DiffusersBackbone:
+        return from_pretrained(path or os.environ.get(f"BENCH_{key.upper()}_PATH") or HUB_IDS[key], name=key, **kw)
+
+    return factory
+
+
+register("sd15", f"Stable Diffusion 1.5 weights ({HUB_IDS['sd15']} or --backbone-path DIR)")(_hub_factory("sd15"))
+register("sd21", f"Stable Diffusion 2.1 weights ({HUB_IDS['sd21']} or --backbone-path DIR; v-prediction)")(
+    _hub_factory("sd21"))
+
+
+@register("sd15-random", "the real SD-1.5 architecture (860M UNet, 512 px) with random weights, for memory/throughput")
+def _sd15_random(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackbone:
+    return from_config_dir(CONFIG_DIR / "sd15", seed=seed, name="sd15-random", **kw)
+
+
+@register("tiny", "a tiny SD-architecture (UNet+VAE+CLIP text, 32 px) with random weights, for tests and CPU runs")
+def _tiny(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackbone:
+    return from_config_dir(CONFIG_DIR / "tiny", seed=seed, name="tiny", **kw)

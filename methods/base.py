@@ -1,0 +1,198 @@
+"""What every fine-tuning method shares: the config, the optimiser over the LoRA weights, the step loop's
+bookkeeping (samples generated, reward queries, time split into sampling / reward / backward), and the registry.
+
+A method is ``Method(backbone, reward, config).step(prompts) -> metrics``: one optimiser step. Subclasses implement
+``compute_loss(prompts)`` (sampling, reward, loss) and may override ``backward`` for methods that call backward
+several times (DDPO's inner PPO loop).
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .backbone import Backbone
+from .sampling import SAMPLER_KINDS, Schedule
+
+
+class MethodError(ValueError):
+    """An invalid method setting, or a method/reward mismatch; one line, raised before any work starts."""
+
+
+@dataclass
+class MethodConfig:
+    """The shared protocol. Every method runs the same sampler settings unless its reference protocol says
+    otherwise (see each method's ``REFERENCE``)."""
+
+    num_steps: int = 20          # sampling steps of the chain
+    guidance_scale: float = 5.0  # classifier-free guidance during training sampling
+    eta: float = 0.0             # DDIM stochasticity (0: deterministic)
+    sampler: str = "ddim"        # "ddim" | "ddpm" (ancestral)
+    lr: float = 1e-3
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0       # max global grad norm (0: off)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+
+    def validate(self) -> None:
+        if self.num_steps < 1:
+            raise MethodError(f"num_steps must be >= 1, got {self.num_steps}")
+        if self.eta < 0:
+            raise MethodError(f"eta must be >= 0, got {self.eta}")
+        if self.guidance_scale < 0:
+            raise MethodError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.sampler not in SAMPLER_KINDS:
+            raise MethodError(f"unknown sampler {self.sampler!r}; valid: {', '.join(SAMPLER_KINDS)}")
+        if self.lr <= 0:
+            raise MethodError(f"lr must be > 0, got {self.lr}")
+        if self.grad_clip < 0:
+            raise MethodError(f"grad_clip must be >= 0, got {self.grad_clip}")
+
+
+class StepTimer:
+    """Accumulates wall time per phase. Synchronises CUDA only at phase boundaries (a few per optimiser step)."""
+
+    def __init__(self, device: torch.device):
+        self.device = torch.device(device)
+        self.totals: dict[str, float] = {}
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.totals[phase] = self.totals.get(phase, 0.0) + time.perf_counter() - start
+
+
+class Method:
+    """Base class. ``needs_gradient_reward``: the reward must be differentiable w.r.t. pixels."""
+
+    name: str = "method"
+    Config: type[MethodConfig] = MethodConfig
+    needs_gradient_reward: bool = True
+    #: overrides that turn the shared protocol into the original paper's ("reference" protocol)
+    REFERENCE: dict[str, Any] = {}
+
+    def __init__(self, backbone: Backbone, reward: torch.nn.Module, config: MethodConfig | None = None, *,
+                 seed: int = 0, **overrides):
+        config = config or self.Config()
+        if overrides:
+            config = dataclasses.replace(config, **overrides)
+        config.validate()
+        if self.needs_gradient_reward and not getattr(reward, "differentiable", True):
+            raise MethodError(f"{self.name} backpropagates through the reward, but {getattr(reward, 'name', reward)!r} "
+                              f"is not differentiable; use a differentiable reward or a policy-gradient method (ddpo)")
+        self.backbone, self.reward, self.config = backbone, reward, config
+        self.params = list(backbone.trainable_parameters())
+        if not self.params:
+            raise MethodError("the backbone has no trainable parameters (was it built with lora_rank=0?)")
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
+                                           betas=config.adam_betas)
+        self.generator = torch.Generator(device=backbone.device).manual_seed(seed)
+        self.schedule = Schedule(backbone.scheduler, config.num_steps, backbone.device, kind=config.sampler)
+        self.timer = StepTimer(backbone.device)
+        self.total_samples = 0
+        self.total_reward_queries = 0
+
+    # --------------------------------------------------------------------------------------------- helpers
+    def noise(self, batch_size: int) -> torch.Tensor:
+        return torch.randn(self.backbone.latent_shape(batch_size), generator=self.generator,
+                           device=self.backbone.device)
+
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        with self.timer("reward"):
+            return self.reward(images, list(prompts))
+
+    def sample_kwargs(self) -> dict[str, Any]:
+        c = self.config
+        return dict(num_steps=c.num_steps, guidance_scale=c.guidance_scale, eta=c.eta, kind=c.sampler,
+                    schedule=self.schedule, generator=self.generator)
+
+    # ---------------------------------------------------------------------------------------------- the step
+    def compute_loss(self, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Sample, score and return (loss, metrics). Metrics must include ``samples`` and ``reward_queries``."""
+        raise NotImplementedError
+
+    def backward(self, prompts: list[str]) -> dict[str, Any]:
+        loss, metrics = self.compute_loss(prompts)
+        with self.timer("backward"):
+            loss.backward()
+        metrics["loss"] = loss.detach()
+        return metrics
+
+    def step(self, prompts: Sequence[str]) -> dict[str, Any]:
+        """One optimiser step on a batch of prompts; returns its metrics (python floats)."""
+        prompts = list(prompts)
+        if not prompts:
+            raise MethodError("step() needs at least one prompt")
+        self.timer.totals = {}
+        start = time.perf_counter()
+        self.optimizer.zero_grad(set_to_none=True)
+        metrics = self.backward(prompts)
+        grads = [p.grad for p in self.params if p.grad is not None]
+        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads \
+            else torch.zeros(())
+        if self.config.grad_clip > 0 and grads:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+        self.total_samples += int(metrics["samples"])
+        self.total_reward_queries += int(metrics["reward_queries"])
+        out = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in metrics.items()}
+        out["grad_norm"] = float(grad_norm)
+        out.update({f"time_{k}": v for k, v in self.timer.totals.items()})
+        out["time_step"] = time.perf_counter() - start
+        return out
+
+
+# ------------------------------------------------------------------------------------------------------ registry
+_REGISTRY: dict[str, tuple[Callable[..., Method], str]] = {}
+
+
+def register(name: str, description: str = "") -> Callable:
+    def wrap(factory):
+        _REGISTRY[name] = (factory, description or (factory.__doc__ or "").strip().split("\n")[0])
+        return factory
+
+    return wrap
+
+
+def available(pattern: str = "*") -> list[str]:
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
+
+
+def describe() -> dict[str, str]:
+    return {n: _REGISTRY[n][1] for n in available()}
+
+
+def get(name: str) -> Callable[..., Method]:
+    if name not in _REGISTRY:
+        raise MethodError(f"unknown method {name!r}; valid: {', '.join(available())}")
+    return _REGISTRY[name][0]
+
+
+def create(name: str, backbone: Backbone, reward: torch.nn.Module, *, seed: int = 0, protocol: str = "shared",
+           **overrides) -> Method:
+    """Build a method by name. ``protocol="reference"`` applies the original paper's settings (``REFERENCE``)
+    before ``overrides``."""
+    factory = get(name)
+    if protocol not in ("shared", "reference"):
+        raise MethodError(f"unknown protocol {protocol!r}; valid: shared, reference")
+    settings = dict(getattr(factory, "REFERENCE", {})) if protocol == "reference" else {}
+    settings.update(overrides)
+    config_cls = getattr(factory, "Config", MethodConfig)
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise MethodError(f"{name}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+    return factory(backbone, reward, config_cls(**settings), seed=seed)
