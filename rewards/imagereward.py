@@ -107,11 +107,13 @@ def build_imagereward(tokenizer: Callable, med_config: dict | None = None, visio
     from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
     vcfg = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224,
-                patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6)  # BLIP's ViT: timm LayerNorm eps 1e-6, exact GELU
+                patch_size=16, hidden_act="gelu", layer_norm_eps=1e-6,  # BLIP's ViT: timm LayerNorm eps 1e-6, exact GELU
+                initializer_range=0.02)  # transformers' default 1e-10 would make a random build blind to the image
     vcfg.update(vision_overrides or {})
     vision = BlipVisionModel(BlipVisionConfig(**vcfg))
     med = dict(vocab_size=30524, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-               hidden_act="gelu", layer_norm_eps=1e-12, max_position_embeddings=512, pad_token_id=0)
+               hidden_act="gelu", layer_norm_eps=1e-12, max_position_embeddings=512, pad_token_id=0,
+               bos_token_id=30522, sep_token_id=102)
     med.update({k: v for k, v in (med_config or {}).items() if k in med})
     # is_decoder=True only makes transformers build the cross-attention layers; forward runs bidirectionally
     tcfg = BlipTextConfig(**med, encoder_hidden_size=vcfg["hidden_size"], is_decoder=True)
