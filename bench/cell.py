@@ -1,0 +1,295 @@
+"""One cell: backbone × method × reward (task) × seed, trained for a sample budget and evaluated on fixed prompts with
+fixed initial noise (identical for every method and seed) at fixed sample counts.
+
+``run_cell(spec)`` returns the cell's row (and writes its LoRA, evaluation grid and curve); ``bench.results`` appends
+rows atomically. The grid runner runs each cell in its own process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+import methods
+import rewards
+from bench import backbones
+from methods.sampling import sample
+
+PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
+
+
+def read_prompts(name_or_path: str) -> list[str]:
+    """A prompt list by name (``bench/data/prompts/<name>.txt``) or path; one prompt a line, ``#`` comments."""
+    path = Path(name_or_path)
+    if not path.exists():
+        path = PROMPT_DIR / f"{name_or_path}.txt"
+    if not path.exists():
+        names = sorted(p.stem for p in PROMPT_DIR.glob("*.txt"))
+        raise ValueError(f"unknown prompt list {name_or_path!r}; valid: {', '.join(names)} or a file path")
+    lines = [ln.strip() for ln in path.read_text().splitlines()]
+    return [ln for ln in lines if ln and not ln.startswith("#")]
+
+
+@dataclass
+class CellSpec:
+    backbone: str = "tiny"
+    method: str = "draft-k"
+    reward: str = "jpeg-compressibility-surrogate"  # the training reward
+    reward_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: evaluation rewards (name -> kwargs); the first is the headline. Default: the training reward's reference
+    #: (e.g. the true JPEG size for the surrogate) or the training reward itself.
+    eval_rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    task: str | None = None
+    seed: int = 0
+    budget: int = 64             # training samples (chains generated)
+    batch_size: int = 4
+    eval_every: int = 16         # evaluate after every this many training samples (and at 0 and at the end)
+    train_prompts: list[str] = field(default_factory=lambda: read_prompts("animals"))
+    eval_prompts: list[str] = field(default_factory=lambda: read_prompts("animals_eval"))
+    eval_images_per_prompt: int = 1
+    eval_seed: int = 1234        # the fixed evaluation noise: the same for every method and training seed
+    eval_num_steps: int | None = None      # default: the method's num_steps
+    eval_guidance_scale: float | None = None
+    method_kwargs: dict[str, Any] = field(default_factory=dict)
+    protocol: str = "shared"
+    device: str = "cpu"
+    dtype: str = "fp32"
+    backbone_path: str | None = None
+    lora_rank: int = 4
+    suite: str = "default"
+    results_dir: str = "results"
+    save_lora: bool = True
+    save_images: bool = True
+
+    def validate(self) -> None:
+        if self.budget < 1:
+            raise ValueError(f"budget must be >= 1 sample, got {self.budget}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if not self.train_prompts or not self.eval_prompts:
+            raise ValueError("train and eval prompt lists must not be empty")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+
+    @property
+    def cell_id(self) -> str:
+        """Deterministic identity: readable parts plus a hash of everything that changes the result."""
+        keyed = {k: v for k, v in dataclasses.asdict(self).items()
+                 if k not in ("suite", "results_dir", "save_lora", "save_images")}
+        digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        return f"{self.backbone}__{self.task or self.reward}__{self.method}__s{self.seed}__{digest}"
+
+    def cell_dir(self) -> Path:
+        return Path(self.results_dir) / self.suite / "cells" / self.cell_id
+
+
+def resolve_training_reward(method_name: str, reward_name: str) -> tuple[str, str | None]:
+    """A gradient method given a non-differentiable reward that has a registered surrogate trains on the surrogate
+    and reports it; without one, the method refuses (MethodError). Returns (training reward, note)."""
+    factory = methods.get(method_name)
+    reward_cls = rewards.base._REGISTRY.get(reward_name, (None,))[0]
+    if reward_cls is None:
+        rewards.create(reward_name)  # raises the one-line unknown-name error
+    if getattr(factory, "needs_gradient_reward", True) and not getattr(reward_cls, "differentiable", True):
+        surrogate = f"{reward_name}-surrogate"
+        if surrogate in rewards.available():
+            return surrogate, (f"{method_name} backpropagates through the reward: training on {surrogate}, "
+                               f"evaluating on {reward_name}")
+    return reward_name, None
+
+
+def code_version() -> str:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=root, capture_output=True, text=True,
+                             timeout=5).stdout.strip()
+        return rev or "unknown"
+    except Exception:  # noqa: BLE001 - not a git checkout
+        return "unknown"
+
+
+def library_versions() -> str:
+    import diffusers
+    import peft
+    import transformers
+
+    return (f"torch={torch.__version__};diffusers={diffusers.__version__};transformers={transformers.__version__};"
+            f"peft={peft.__version__}")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu:{platform.processor() or platform.machine()}x{torch.get_num_threads()}"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max allocated on the device; CPU: the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Evaluator:
+    """Fixed prompts × fixed initial noise, deterministic DDIM (eta = 0), no gradient; scores every eval reward."""
+
+    def __init__(self, backbone, eval_rewards: dict[str, torch.nn.Module], prompts: list[str], *, num_steps: int,
+                 guidance_scale: float, images_per_prompt: int, seed: int, batch_size: int = 16):
+        self.backbone, self.rewards = backbone, eval_rewards
+        self.prompts = [p for p in prompts for _ in range(images_per_prompt)]
+        self.num_steps, self.guidance_scale, self.batch_size = num_steps, guidance_scale, batch_size
+        gen = torch.Generator().manual_seed(seed)  # CPU generator: identical noise on every device
+        self.noise = torch.randn(backbone.latent_shape(len(self.prompts)), generator=gen).to(backbone.device)
+
+    @torch.no_grad()
+    def __call__(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        scores: dict[str, list[torch.Tensor]] = {n: [] for n in self.rewards}
+        images = []
+        for i in range(0, len(self.prompts), self.batch_size):
+            prompts = self.prompts[i : i + self.batch_size]
+            cond = self.backbone.encode_prompts(prompts)
+            out = sample(self.backbone, cond, self.noise[i : i + self.batch_size], num_steps=self.num_steps,
+                         guidance_scale=self.guidance_scale, eta=0.0)
+            imgs = self.backbone.decode(out.latents)
+            for name, reward in self.rewards.items():
+                scores[name].append(reward(imgs, prompts).float().cpu())
+            images.append(imgs.cpu())
+        return {n: torch.cat(v) for n, v in scores.items()}, torch.cat(images)
+
+
+def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    save_image(images, str(tmp), nrow=nrow, padding=1)
+    os.replace(tmp, path)
+
+
+def area_under_curve(samples: list[int], values: list[float]) -> float:
+    """Trapezoidal area under reward-vs-samples, normalised by the sample range (a mean reward over training)."""
+    if len(samples) < 2 or samples[-1] == samples[0]:
+        return float(values[-1]) if values else math.nan
+    area = sum((samples[i + 1] - samples[i]) * (values[i + 1] + values[i]) / 2 for i in range(len(samples) - 1))
+    return area / (samples[-1] - samples[0])
+
+
+def build(spec: CellSpec):
+    """Backbone, training reward, evaluation rewards and method for a spec (validates everything first)."""
+    spec.validate()
+    train_reward_name, note = resolve_training_reward(spec.method, spec.reward)
+    eval_specs = dict(spec.eval_rewards)
+    if not eval_specs:
+        ref = getattr(rewards.base._REGISTRY[train_reward_name][0], "reference", None)
+        eval_specs = {ref or spec.reward: dict(spec.reward_kwargs)}
+        if ref and spec.reward != ref:  # surrogate trained: also report the surrogate itself
+            eval_specs[train_reward_name] = dict(spec.reward_kwargs)
+    if train_reward_name not in eval_specs and spec.reward not in eval_specs:
+        eval_specs[train_reward_name] = dict(spec.reward_kwargs)
+    methods.get(spec.method)  # unknown name -> one line, before building anything heavy
+    for name in eval_specs:
+        if name not in rewards.available():
+            rewards.create(name)
+    backbone = backbones.create(spec.backbone, device=spec.device, dtype=spec.dtype, lora_rank=spec.lora_rank,
+                                **({"path": spec.backbone_path} if spec.backbone_path else {}))
+    train_reward = rewards.create(train_reward_name, **spec.reward_kwargs).to(backbone.device)
+    eval_rewards = {n: (train_reward if n == train_reward_name else rewards.create(n, **kw).to(backbone.device))
+                    for n, kw in eval_specs.items()}
+    method = methods.create(spec.method, backbone, train_reward, seed=spec.seed, protocol=spec.protocol,
+                            **spec.method_kwargs)
+    return backbone, train_reward, eval_rewards, method, note
+
+
+def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict, list[dict]]:
+    """Train and evaluate one cell. Returns (row, curve points). Never raises for a NaN: the row says ``nan``."""
+    torch.manual_seed(spec.seed)
+    start = time.perf_counter()
+    backbone, train_reward, eval_rewards, method, note = build(spec)
+    cfg = method.config
+    evaluator = Evaluator(backbone, eval_rewards, spec.eval_prompts, num_steps=spec.eval_num_steps or cfg.num_steps,
+                          guidance_scale=spec.eval_guidance_scale if spec.eval_guidance_scale is not None
+                          else cfg.guidance_scale, images_per_prompt=spec.eval_images_per_prompt, seed=spec.eval_seed)
+    headline = next(iter(eval_rewards))
+    curve: list[dict[str, Any]] = []
+
+    def evaluate(samples: int, queries: int, images_out: Path | None = None) -> dict[str, float]:
+        scores, images = evaluator()
+        point = {"cell_id": spec.cell_id, "samples": samples, "reward_queries": queries,
+                 "train_wall_s": round(train_time, 3)}
+        for name, s in scores.items():
+            point[f"{name}_mean"] = float(s.mean())
+            point[f"{name}_std"] = float(s.std()) if len(s) > 1 else 0.0
+        curve.append(point)
+        if images_out is not None and spec.save_images:
+            save_image_grid(images, images_out)
+        return point
+
+    train_time = 0.0
+    if backbone.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(backbone.device)
+    evaluate(0, 0, spec.cell_dir() / "eval_initial.png")
+    rng = torch.Generator().manual_seed(spec.seed)
+    status, message = "ok", note or ""
+    next_eval = spec.eval_every
+    totals: dict[str, float] = {}
+    n_steps = 0
+    last_metrics: dict[str, Any] = {}
+    while method.total_samples < spec.budget:
+        idx = torch.randint(len(spec.train_prompts), (spec.batch_size,), generator=rng).tolist()
+        t0 = time.perf_counter()
+        last_metrics = method.step([spec.train_prompts[i] for i in idx])
+        train_time += time.perf_counter() - t0
+        n_steps += 1
+        for k, v in last_metrics.items():
+            if k.startswith("time_"):
+                totals[k] = totals.get(k, 0.0) + v
+        if not math.isfinite(float(last_metrics.get("loss", 0.0))):
+            status, message = "nan", f"non-finite loss at optimiser step {n_steps}"
+            break
+        if method.total_samples >= next_eval and method.total_samples < spec.budget:
+            point = evaluate(method.total_samples, method.total_reward_queries)
+            next_eval = (method.total_samples // spec.eval_every + 1) * spec.eval_every
+            if on_progress:
+                on_progress({"samples": method.total_samples, "reward": point[f"{headline}_mean"]})
+    final = evaluate(method.total_samples, method.total_reward_queries, spec.cell_dir() / "eval_final.png")
+    if on_progress:
+        on_progress({"samples": method.total_samples, "reward": final[f"{headline}_mean"]})
+    if spec.save_lora and status == "ok":
+        backbone.save_lora(spec.cell_dir() / "lora", metadata={"cell_id": spec.cell_id, "method": spec.method,
+                                                               "reward": spec.reward})
+    first = curve[0]
+    samples = [p["samples"] for p in curve]
+    row = {
+        "cell_id": spec.cell_id, "suite": spec.suite, "backbone": spec.backbone, "method": spec.method,
+        "task": spec.task or spec.reward, "train_reward": method.reward.name, "eval_reward": headline,
+        "seed": spec.seed, "protocol": spec.protocol, "status": status, "message": message, "budget": spec.budget,
+        "samples": method.total_samples, "reward_queries": method.total_reward_queries, "optimizer_steps": n_steps,
+        "reward_initial": first[f"{headline}_mean"], "reward_final": final[f"{headline}_mean"],
+        "reward_final_std": final[f"{headline}_std"],
+        "reward_auc": area_under_curve(samples, [p[f"{headline}_mean"] for p in curve]),
+        "peak_mem_mb": round(peak_memory_mb(backbone.device), 1),
+        "samples_per_s": method.total_samples / train_time if train_time > 0 else math.nan,
+        "s_per_step_sampling": totals.get("time_sampling", 0.0) / max(n_steps, 1),
+        "s_per_step_reward": totals.get("time_reward", 0.0) / max(n_steps, 1),
+        "s_per_step_backward": totals.get("time_backward", 0.0) / max(n_steps, 1),
+        "train_wall_s": round(train_time, 2), "wall_s": round(time.perf_counter() - start, 2),
+        "device": device_name(backbone.device), "dtype": spec.dtype, "versions": library_versions(),
+        "code_version": code_version(),
+    }
+    for name in list(eval_rewards)[1:]:
+        row[f"{name}_initial"] = first[f"{name}_mean"]
+        row[f"{name}_final"] = final[f"{name}_mean"]
+    return row, curve

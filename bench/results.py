@@ -1,0 +1,58 @@
+"""Result files: append rows to CSVs atomically, so a crash or kill never leaves a truncated or duplicated row.
+
+Each append takes an exclusive lock (``fcntl``) on a side file, reads the existing CSV, adds the rows (replacing any
+row with the same key: a re-run cell supersedes its old row), writes a temporary file in the same directory, fsyncs
+it and ``os.replace``s it over the original (atomic on POSIX).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import pandas as pd
+
+
+@contextmanager
+def locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_atomic(path: Path, text: str | bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(text.encode() if isinstance(text, str) else text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame()
+    return pd.read_csv(path)
+
+
+def append_rows(path: str | os.PathLike, rows: Iterable[dict], key: Sequence[str] | None = None) -> pd.DataFrame:
+    """Append ``rows``; where ``key`` columns match an existing row, the new row replaces it. Returns the table."""
+    path = Path(path)
+    new = pd.DataFrame(list(rows))
+    with locked(path):
+        old = read_csv(path)
+        if key and not old.empty and all(k in old for k in key):
+            keys = set(map(tuple, new[list(key)].astype(str).values.tolist()))
+            old = old[~old[list(key)].astype(str).apply(tuple, axis=1).isin(keys)]
+        table = pd.concat([old, new], ignore_index=True) if not old.empty else new
+        write_atomic(path, table.to_csv(index=False))
+    return table
