@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 from functools import partial
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
@@ -100,6 +101,11 @@ def resnet50_class(target: int | str | Sequence[int | str] = "cat", weights: str
         load_strict(model, load_state_dict(weights_path, "resnet50-class", "weights_path"), "resnet50-class", weights_path)
     else:
         try:
+            from .loading import _offline
+
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / spec.url.rsplit("/", 1)[-1]
+            if _offline() and not cached.is_file():
+                raise FileNotFoundError(str(cached))
             model.load_state_dict(spec.get_state_dict(progress=False, check_hash=True))
         except Exception as err:
             raise WeightsNotFoundError(
