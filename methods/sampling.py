@@ -243,6 +243,7 @@ def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int
         z = None
         if stochastic:
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        x_in = x
         out = denoise_step(backbone, schedule, i, x, cond, guidance_scale, eta, plans[i], z)
         x = out.prev_sample
         if record:
@@ -256,6 +257,7 @@ def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int
         timesteps=schedule.timesteps,
         trajectory=trajectory,
         log_probs=torch.stack(log_probs, dim=1) if record else None,
+        extras={"eps": out.eps, "x_t": x_in},  # the last step's input and predicted noise (ReFL's regulariser)
     )
 
 

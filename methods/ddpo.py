@@ -1,0 +1,169 @@
+"""DDPO: Training diffusion models with reinforcement learning (Black et al., 2023), the DDPO_IS (PPO) variant.
+
+Algorithm (one ``step(prompts)`` = one DDPO epoch on this batch):
+    sample x_T → … → x_0 with eta > 0 under no_grad, recording every transition (x_t, x_{t−1}) and
+        log p_old(x_{t−1} | x_t) = log N(x_{t−1}; μ_θold(x_t, t, c), σ_t²)      # averaged over pixels, not summed
+    r = reward(decode(x_0), c)                                                  # no gradient: any reward works
+    A = clip(per_prompt_normalise(r), −a_max, a_max)                            # ddpo_stats.PerPromptStatTracker
+    repeat inner_epochs times:
+        shuffle the samples; each sample gets its own random order of its timesteps, of which the first
+        ⌊timestep_fraction·T⌋ are trained
+        for each minibatch: for each trained position j: for each row, its transition (x_t, x_{t−1}) at its j-th step
+            ρ = exp(log p_θ(x_{t−1} | x_t) − log p_old)                        # same eta and guidance as sampling
+            L = mean( max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)) )                    # PPO clipped surrogate
+            accumulate ∇θ L / (#trained positions); then one optimiser step per minibatch (grad clip as configured)
+
+What ``step()`` means here: unlike the gradient methods (one optimiser step per call), one DDPO call samples
+``len(prompts)`` chains and then takes ``inner_epochs × ceil(len(prompts) / minibatch_size)`` optimiser steps, as the
+reference does; ``metrics["optimizer_steps"]`` reports how many. ``samples`` and ``reward_queries`` both equal
+``len(prompts)`` (the PPO epochs reuse the stored transitions and never query the reward again).
+
+Zero-σ transitions (the final step of DDPM, or of DDIM with ``set_alpha_to_one=True``) are deterministic: their
+log-density is undefined (0/0), so they are excluded from the PPO terms, never divided by.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .base import Method, MethodConfig, MethodError, register
+from .ddpo_stats import PerPromptStatTracker
+from .sampling import GRAD, NO_GRAD, sample, transition_log_prob
+
+
+@dataclass
+class DDPOConfig(MethodConfig):
+    eta: float = 1.0               # DDPO needs a stochastic sampler (the shared protocol's eta=0 has no log-probs)
+    lr: float = 3e-4               # reference (LoRA)
+    weight_decay: float = 1e-4     # reference
+    grad_clip: float = 1.0         # reference
+    clip_range: float = 1e-4       # PPO ε; tiny because the log-density is a per-pixel mean, not a sum
+    adv_clip_max: float = 5.0      # advantages clipped to ±adv_clip_max
+    timestep_fraction: float = 1.0  # fraction of each trajectory's (nonzero-σ) transitions trained per inner epoch
+    inner_epochs: int = 1          # PPO passes over the stored transitions per step() (reference default 1)
+    minibatch_size: int = 64       # samples per optimiser step (reference: 256 samples per epoch → 4 steps)
+    buffer_size: int = 16          # per-prompt reward buffer (persists across step() calls)
+    min_count: int = 16            # below this many rewards, a prompt uses the batch's mean/std
+
+    def validate(self) -> None:
+        super().validate()
+        if self.sampler == "ddim" and self.eta <= 0:
+            raise MethodError(f"ddpo needs eta > 0 (a stochastic DDIM sampler has log-probs), got eta={self.eta}")
+        if self.clip_range <= 0:
+            raise MethodError(f"clip_range must be > 0, got {self.clip_range}")
+        if self.adv_clip_max <= 0:
+            raise MethodError(f"adv_clip_max must be > 0, got {self.adv_clip_max}")
+        if not 0 < self.timestep_fraction <= 1:
+            raise MethodError(f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}")
+        if self.inner_epochs < 1:
+            raise MethodError(f"inner_epochs must be >= 1, got {self.inner_epochs}")
+        if self.minibatch_size < 1:
+            raise MethodError(f"minibatch_size must be >= 1, got {self.minibatch_size}")
+        if not 1 <= self.min_count <= self.buffer_size:
+            raise MethodError(f"min_count must be in [1, buffer_size={self.buffer_size}], got {self.min_count}")
+
+
+def ppo_clipped_loss(log_prob_new: torch.Tensor, log_prob_old: torch.Tensor, advantages: torch.Tensor,
+                     clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean over rows of max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)), ρ = exp(log p_new − log p_old) (Schulman et al. 2017).
+
+    Where ρ lies outside [1 − ε, 1 + ε] in the advantage's direction (ρ > 1 + ε with A > 0, ρ < 1 − ε with A < 0) the
+    clipped branch is the max and is constant in θ: those terms give zero gradient."""
+    ratio = torch.exp(log_prob_new - log_prob_old)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    info = {"approx_kl": 0.5 * ((log_prob_new - log_prob_old).detach() ** 2).mean(),
+            "clipfrac": ((ratio.detach() - 1.0).abs() > clip_range).float().mean()}
+    return loss, info
+
+
+@register("ddpo", "DDPO (PPO): policy gradient over recorded stochastic trajectories; any (even non-differentiable) reward")
+class DDPO(Method):
+    name = "ddpo"
+    Config = DDPOConfig
+    needs_gradient_reward = False
+    REFERENCE = dict(num_steps=50, guidance_scale=5.0, eta=1.0, sampler="ddim", lr=3e-4, weight_decay=1e-4,
+                     grad_clip=1.0, clip_range=1e-4, adv_clip_max=5.0)
+
+    def __init__(self, backbone, reward, config=None, **kw):
+        super().__init__(backbone, reward, config, **kw)
+        c = self.config
+        self.tracker = PerPromptStatTracker(c.buffer_size, c.min_count)
+        # zero-σ transitions are deterministic: no log-density, excluded from the PPO terms (see module docstring)
+        self.trainable_indices = torch.nonzero(self.schedule.sigma(c.eta) > 0).flatten().cpu()
+        if len(self.trainable_indices) == 0:
+            raise MethodError("ddpo: every transition of this schedule has σ = 0; nothing to train")
+
+    # ---------------------------------------------------------------------------------------- stored transitions
+    def transition_log_probs(self, trajectory: torch.Tensor, cond, rows: torch.Tensor, indices: torch.Tensor,
+                             grad: bool = True) -> torch.Tensor:
+        """log p_θ(x_{i+1} | x_i) for each row r at its own step ``indices[r]`` under the current model.
+
+        ``trajectory`` is [B, T+1, ...] (x_T first). Rows are grouped by step (one denoiser call per distinct step),
+        because the backbone's guided call takes one timestep per batch."""
+        out = torch.empty(len(rows), device=trajectory.device)
+        for index in torch.unique(indices).tolist():
+            where = torch.nonzero(indices == index).flatten()
+            r = rows[where]
+            out_rows = transition_log_prob(self.backbone, self.schedule, index, trajectory[r, index],
+                                           trajectory[r, index + 1], cond.index(r.to(trajectory.device)),
+                                           self.config.guidance_scale, self.config.eta, GRAD if grad else NO_GRAD)
+            out = out.index_put((where.to(out.device),), out_rows)  # out of place: keeps each group's graph
+        return out
+
+    def collect(self, prompts: list[str]):
+        """Sample and score: the trajectories, their log-probs under the sampling model, and the rewards."""
+        cond = self.backbone.encode_prompts(prompts)
+        with self.timer("sampling"), torch.no_grad():
+            out = sample(self.backbone, cond, self.noise(len(prompts)), plan=NO_GRAD, record=True,
+                         **self.sample_kwargs())
+            images = self.backbone.decode(out.latents)
+        with torch.no_grad():
+            rewards = self.score(images, prompts)
+        return cond, torch.stack(out.trajectory, dim=1), out.log_probs, rewards
+
+    # ------------------------------------------------------------------------------------------------- the epoch
+    def backward(self, prompts):
+        c = self.config
+        batch = len(prompts)
+        cond, trajectory, old_log_probs, rewards = self.collect(prompts)
+        advantages = self.tracker.update(prompts, rewards).clamp(-c.adv_clip_max, c.adv_clip_max)
+        steps = self.trainable_indices
+        trained_per_sample = max(1, int(len(steps) * c.timestep_fraction))
+        cpu = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator,
+                                                              device=self.generator.device)))
+        minibatches = math.ceil(batch / c.minibatch_size)
+        totals = {"approx_kl": 0.0, "clipfrac": 0.0, "loss": 0.0}
+        terms = 0
+        with self.timer("backward"):
+            for epoch in range(c.inner_epochs):
+                order = torch.randperm(batch, generator=cpu)
+                # each sample's own random order of its transitions (timesteps shuffled per sample)
+                per_sample = torch.stack([steps[torch.randperm(len(steps), generator=cpu)] for _ in range(batch)])
+                for m in range(minibatches):
+                    rows = order[m * c.minibatch_size:(m + 1) * c.minibatch_size]
+                    self.optimizer.zero_grad(set_to_none=True)
+                    for j in range(trained_per_sample):
+                        indices = per_sample[rows, j]
+                        new = self.transition_log_probs(trajectory, cond, rows, indices)
+                        old = old_log_probs[rows.to(old_log_probs.device), indices.to(old_log_probs.device)]
+                        loss, info = ppo_clipped_loss(new, old, advantages[rows.to(advantages.device)], c.clip_range)
+                        (loss / trained_per_sample).backward()
+                        totals["loss"] += float(loss.detach())
+                        totals["approx_kl"] += float(info["approx_kl"])
+                        totals["clipfrac"] += float(info["clipfrac"])
+                        terms += 1
+                    last = epoch == c.inner_epochs - 1 and m == minibatches - 1
+                    if not last:  # the last minibatch's gradient is applied by Method.step (clip + optimiser step)
+                        if c.grad_clip > 0:
+                            torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
+                        self.optimizer.step()
+        metrics = {k: v / terms for k, v in totals.items()}
+        metrics.update(reward=rewards.detach().float().mean(), reward_std=rewards.detach().float().std(unbiased=False),
+                       advantage_abs=advantages.abs().mean(), samples=batch, reward_queries=batch,
+                       optimizer_steps=c.inner_epochs * minibatches, ppo_terms=terms,
+                       **self.tracker.stats())
+        return metrics
