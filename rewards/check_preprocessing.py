@@ -112,13 +112,14 @@ def compare(reward, official, images: np.ndarray, prompts: list[str]) -> tuple[n
     return ours, theirs
 
 
-def run(full: bool = False, n: int = 8, sizes=(256, 512), only: list[str] | None = None) -> list[dict]:
+def run(full: bool = False, n: int = 8, sizes=(256, 512), only: list[str] | None = None, built: dict | None = None) -> list[dict]:
+    """One row per reward × image kind × size; ``built`` optionally supplies the rewards already constructed."""
     rows = []
     official = official_transforms()
     for name, build in builders(full).items():
         if only and name not in only:
             continue
-        reward = build()
+        reward = built[name] if built else build()
         for kind, make in (("random", random_images), ("structured", structured_images)):
             for size in sizes:
                 images = make(n, size, seed=size)
