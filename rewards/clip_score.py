@@ -59,7 +59,7 @@ def pickscore(model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR
 
     tokenizer = from_pretrained(AutoTokenizer, processor, "processor", "pickscore")
     clip = from_pretrained(CLIPModel, model, "model", "pickscore")
-    scale = float(clip.logit_scale.exp())
+    scale = float(clip.logit_scale.detach().exp())
     clip = clip.to(device=device, dtype=dtype)
     return ClipScoreReward(HFImageEncoder(clip), HFTextEncoder(clip, tokenizer), clip_preprocess, scale, name="pickscore")
 

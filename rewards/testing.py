@@ -133,8 +133,9 @@ def imagereward(full: bool = False, seed: int = 0) -> ImageReward:
     tok = bert_tokenizer()
     if full:
         return build_imagereward(tok).eval().freeze()
-    med = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
+    med = dict(vocab_size=len(tok), bos_token_id=tok.bos_token_id, sep_token_id=tok.sep_token_id, hidden_size=64,
+               num_hidden_layers=2, num_attention_heads=2, intermediate_size=256)  # 4x width, as BERT and BLIP's ViT
+    vision = dict(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=2)
     return build_imagereward(tok, med, vision).eval().freeze()
 
 
