@@ -1,0 +1,189 @@
+"""The testbed's quality gates, measured on held-out captions: ``python -m bench testbed gates``.
+
+Gates (numbers as in the issue; a missed gate is reported with its margin, never relaxed):
+
+- shape:      generated images of held-out single-object captions whose shape the classifier judges right ≥ 0.85
+- colour:     the same images whose dominant non-background colour (pixel statistics, ``dominant_color``) is the
+              prompt's ≥ 0.85
+- alignment:  AUC of the alignment reward on generated images of held-out captions, own caption vs a shuffled one ≥ 0.8
+- classifier: accuracy of the shape classifier on rendered held-out single-object scenes ≥ 0.95
+- aesthetic:  Spearman of the learned aesthetic head against the gold score on rendered held-out scenes ≥ 0.8
+- detector:   accuracy of the detector (present iff max sigmoid > 0.5) on rendered held-out scenes, present and
+              absent queries ≥ 0.9
+- speed:      16 images, 20 DDIM steps, classifier-free guidance, ≤ 3 s (median of 3 runs after one warm-up)
+
+Sampling uses the default sampler settings: DDIM, eta 0, 20 steps, guidance ``models.DEFAULT_GUIDANCE``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import generate_images, models, shapes_backbone, world
+from .gold import background, gold_aesthetic
+from .world import COLORS, COLOR_NAMES, SHAPES
+
+THRESHOLDS = {"shape": 0.85, "colour": 0.85, "alignment_auc": 0.8, "classifier_accuracy": 0.95,
+              "aesthetic_spearman": 0.8, "detector_accuracy": 0.9, "speed_s": 3.0}
+PALETTE = torch.tensor([COLORS[c] for c in COLOR_NAMES], dtype=torch.float32) / 255
+
+
+def dominant_color(images: torch.Tensor, threshold: float = 0.25) -> list[str | None]:
+    """Per image: the palette colour most foreground pixels are nearest to. Foreground = pixels farther than
+    ``threshold`` (RGB Euclidean, [0,1]) from the background (median border colour). None when nothing stands out."""
+    bg = background(images)
+    out = []
+    for img, b in zip(images, bg):
+        px = img.flatten(1).T  # [HW,3]
+        fg = px[(px - b.flatten()).norm(dim=1) > threshold]
+        if len(fg) == 0:
+            out.append(None)
+            continue
+        nearest = torch.cdist(fg, PALETTE).argmin(dim=1)
+        out.append(COLOR_NAMES[int(torch.bincount(nearest, minlength=len(COLOR_NAMES)).argmax())])
+    return out
+
+
+def auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """Probability that a positive outscores a negative (ties count half): the Mann-Whitney AUC."""
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    return float((ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def shuffled(captions: list[str], rng: np.random.Generator) -> list[str]:
+    """A permutation of the captions in which no caption lands on an image whose own caption is the same text."""
+    for _ in range(1000):
+        perm = [captions[i] for i in rng.permutation(len(captions))]
+        if all(a != b for a, b in zip(perm, captions)):
+            return perm
+    raise RuntimeError("no derangement found")  # pragma: no cover
+
+
+def heldout_single_prompts(n: int) -> list[str]:
+    captions = world.all_single_captions("heldout")
+    return [captions[i % len(captions)] for i in range(n)]
+
+
+def measure_speed(backbone, guidance_scale: float, repeats: int = 3) -> dict:
+    prompts = heldout_single_prompts(16)
+    generate_images(backbone, prompts, seed=0, guidance_scale=guidance_scale)  # warm-up (allocator, oneDNN)
+    times = []
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        generate_images(backbone, prompts, seed=r, guidance_scale=guidance_scale)
+        times.append(time.perf_counter() - t0)
+    return {"median_s": float(np.median(times)), "runs_s": [round(t, 3) for t in times],
+            "threads": torch.get_num_threads(), "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
+def run_gates(samples: int = 256, guidance_scale: float | None = None, seed: int = 0, out: str | None = None,
+              verbose: bool = True) -> dict:
+    from rewards import create
+
+    guidance_scale = models.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+    rng = np.random.default_rng(seed)
+    backbone = shapes_backbone(lora_rank=None)
+    classifier = create("shapes-classifier", target="circle")
+    alignment = create("shapes-alignment")
+    aesthetic = create("shapes-aesthetic")
+    detector_model = models.load_detector()
+    detector_tok = models.load_tokenizer(models.WEIGHTS_DIR / "detector")
+    measured: dict[str, float] = {}
+    details: dict[str, object] = {"guidance_scale": guidance_scale, "num_steps": models.DEFAULT_STEPS, "eta": 0.0,
+                                  "samples": samples, "seed": seed}
+
+    def log(msg):
+        if verbose:
+            print(msg, flush=True)
+
+    # 1-2. shape and colour of generated single-object held-out prompts
+    t0 = time.time()
+    prompts = heldout_single_prompts(samples)
+    images = generate_images(backbone, prompts, seed=seed, guidance_scale=guidance_scale)
+    with torch.no_grad():
+        logits = classifier.model(classifier.preprocess(images))
+    want = [world.parse_caption(p)[0][0] for p in prompts]
+    shape_ok = [SHAPES[int(i)] == s for i, (_, s) in zip(logits.argmax(1), want)]
+    colour_ok = [d == c for d, (c, _) in zip(dominant_color(images), want)]
+    measured["shape"], measured["colour"] = float(np.mean(shape_ok)), float(np.mean(colour_ok))
+    details["generated_single_gold_mean"] = float(gold_aesthetic(images).mean())
+    log(f"generated {samples} single-object images in {time.time() - t0:.0f}s")
+
+    # 3. alignment AUC on generated images of held-out captions (1-3 objects)
+    _, scenes = world.generate(samples, seed=seed + 1, split="heldout")
+    captions = [s.caption for s in scenes]
+    gen_images = generate_images(backbone, captions, seed=seed + 1, guidance_scale=guidance_scale)
+    with torch.no_grad():
+        own = alignment(gen_images, captions).numpy()
+        other = alignment(gen_images, shuffled(captions, rng)).numpy()
+    measured["alignment_auc"] = auc(own, other)
+
+    # 4. reward models on rendered held-out scenes
+    rendered_single, single_scenes = world.generate(samples, seed=seed + 2, split="heldout", num_objects=1)
+    x = world.to_float(rendered_single)
+    with torch.no_grad():
+        pred = classifier.model(classifier.preprocess(x)).argmax(1)
+    measured["classifier_accuracy"] = float(np.mean([SHAPES[int(p)] == s.objects[0].shape
+                                                     for p, s in zip(pred, single_scenes)]))
+    rendered, scenes = world.generate(samples, seed=seed + 3, split="heldout")
+    x = world.to_float(rendered)
+    from scipy.stats import spearmanr
+
+    with torch.no_grad():
+        proxy = aesthetic(x, [s.caption for s in scenes]).numpy()
+    measured["aesthetic_spearman"] = float(spearmanr(proxy, gold_aesthetic(x).numpy()).statistic)
+
+    from .train import detector_queries
+    from .rewards import detector_pixels
+
+    correct = []
+    for scene, img in zip(scenes, x):
+        qs = detector_queries(scene, rng)
+        ids, mask = models.tokenize(detector_tok, [q for q, _ in qs])
+        with torch.no_grad():
+            logits = detector_model(input_ids=ids, attention_mask=mask,
+                                    pixel_values=detector_pixels(img[None])).logits[0]  # [patches, Q]
+        present = torch.sigmoid(logits).amax(0) > 0.5
+        correct += [bool(p) == (i >= 0) for p, (_, i) in zip(present, qs)]
+    measured["detector_accuracy"] = float(np.mean(correct))
+    details["detector_queries"] = len(correct)
+
+    # 5. speed
+    speed = measure_speed(backbone, guidance_scale)
+    measured["speed_s"] = speed["median_s"]
+    details["speed"] = speed
+
+    gates = {}
+    for name, value in measured.items():
+        limit = THRESHOLDS[name]
+        passed = value <= limit if name == "speed_s" else value >= limit
+        gates[name] = {"value": round(value, 4), "threshold": limit, "passed": bool(passed),
+                       "margin": round(limit - value if name == "speed_s" else value - limit, 4)}
+    result = {"gates": gates, "details": details}
+    out_path = Path(out) if out else models.WEIGHTS_DIR / "gates.json"
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    if verbose:
+        _table(gates)
+        print(f"wrote {out_path}")
+    return result
+
+
+def _table(gates: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="shapes testbed quality gates (held-out captions)")
+    for col in ("gate", "value", "threshold", "passed", "margin"):
+        table.add_column(col)
+    for name, g in gates.items():
+        op = "≤" if name == "speed_s" else "≥"
+        table.add_row(name, f"{g['value']:.4f}", f"{op} {g['threshold']}", "yes" if g["passed"] else "NO",
+                      f"{g['margin']:+.4f}")
+    Console().print(table)

@@ -1,0 +1,176 @@
+"""The testbed's networks: configs, the word-level tokenizer, and loading the committed weights.
+
+Every network is a library class that a real system uses, configured small:
+
+=================  ======================================================  ============================================
+part               class                                                   stands in for
+=================  ======================================================  ============================================
+tokenizer          ``transformers.PreTrainedTokenizerFast`` (WordLevel)    the CLIP BPE tokenizer
+text encoder       ``transformers.CLIPTextModel``                          SD 1.x's CLIP ViT-L/14 text tower
+diffusion model    ``diffusers.UNet2DConditionModel`` (pixel space, eps)   SD's latent UNet
+scheduler          ``diffusers.DDIMScheduler``                             SD's DDIM/PNDM schedule
+CLIP               ``transformers.CLIPModel`` (image + text towers)        PickScore / HPSv2 CLIP-H
+aesthetic head     ``rewards.aesthetic.AestheticMLP`` on CLIP embeddings   LAION aesthetic v2 MLP on CLIP ViT-L/14
+classifier         ``transformers.ResNetForImageClassification``           torchvision ResNet-50 (ImageNet)
+detector           ``transformers.OwlViTForObjectDetection``               google/owlvit-base-patch32
+=================  ======================================================  ============================================
+
+Weights live in ``bench/testbed/weights/<part>/`` in the diffusers/transformers ``save_pretrained`` layout
+(``config.json`` + safetensors), written by ``python -m bench testbed train <part>``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .world import BACKGROUND_NAMES, COLOR_NAMES, RESOLUTION, SHAPES
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "bos": "<bos>", "eos": "<eos>"}
+# ids: [PAD]=0 [UNK]=1 <bos>=2, words, <eos> last. <eos> has the highest id because OWL-ViT's text tower pools at
+# argmax(input_ids); CLIPTextModel (eos_token_id != 2) pools at the first <eos>: both land on <eos>.
+VOCAB = [SPECIAL_TOKENS[k] for k in ("pad", "unk", "bos")] + [
+    "a", "an", "and", "on", "background", ",", *SHAPES, *COLOR_NAMES, *BACKGROUND_NAMES] + [SPECIAL_TOKENS["eos"]]
+EOS_ID = len(VOCAB) - 1
+MAX_LENGTH = 20  # the longest caption is 16 words + bos/eos
+#: default classifier-free guidance scale of the testbed (chosen on training captions, see gates.py)
+DEFAULT_GUIDANCE = 3.0
+DEFAULT_STEPS = 20
+
+
+def _check(path: Path, part: str) -> Path:
+    if not path.exists():
+        from rewards.base import WeightsNotFoundError
+
+        raise WeightsNotFoundError(
+            f"shapes testbed {part} weights not found at {path}; they are committed with the repository "
+            f"(restore them with git) or rebuilt with `python -m bench testbed train {part}`")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------- tokenizer
+def build_tokenizer():
+    """A word-level tokenizer over the closed vocabulary: lower-case, split on whitespace and punctuation,
+    ``<bos> ... <eos>``, padded with ``[PAD]``. Built offline; saved with ``save_pretrained``."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=SPECIAL_TOKENS["unk"]))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<bos> $A <eos>", special_tokens=[("<bos>", vocab["<bos>"]), ("<eos>", vocab["<eos>"])])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, model_max_length=MAX_LENGTH, pad_token=SPECIAL_TOKENS["pad"],
+        unk_token=SPECIAL_TOKENS["unk"], bos_token=SPECIAL_TOKENS["bos"], eos_token=SPECIAL_TOKENS["eos"])
+
+
+def load_tokenizer(path: Path | None = None):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(str(_check(path or WEIGHTS_DIR / "tokenizer", "tokenizer")))
+
+
+def tokenize(tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = tokenizer(list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt")
+    return enc.input_ids, enc.attention_mask
+
+
+# -------------------------------------------------------------------------------------------------------- configs
+def _text_tower(hidden: int = 64, layers: int = 2) -> dict:
+    return dict(vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                num_attention_heads=4, max_position_embeddings=MAX_LENGTH, pad_token_id=0, bos_token_id=2,
+                eos_token_id=EOS_ID, projection_dim=hidden)
+
+
+def text_encoder_config():
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(**_text_tower())
+
+
+def unet_config() -> dict:
+    """3 levels (24 -> 12 -> 6 px), cross-attention at 12 and 6 px and in the middle: ~2.7 M parameters, a batch-32
+    forward in ~100 ms on 2 CPU cores (the speed gate)."""
+    return dict(sample_size=RESOLUTION, in_channels=3, out_channels=3, block_out_channels=(32, 64, 96),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                mid_block_type="UNetMidBlock2DCrossAttn", layers_per_block=1, cross_attention_dim=64,
+                attention_head_dim=4, norm_num_groups=16)
+
+
+def scheduler_config() -> dict:
+    """Cosine (squaredcos_cap_v2) betas suit pixel space; "trailing" spacing starts sampling at t=999 (pure noise)."""
+    return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
+                set_alpha_to_one=True, steps_offset=0, timestep_spacing="trailing", prediction_type="epsilon")
+
+
+def clip_config():
+    from transformers import CLIPConfig
+
+    vision = dict(image_size=RESOLUTION, patch_size=4, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4, num_channels=3)
+    return CLIPConfig(text_config=_text_tower(), vision_config=vision, projection_dim=64)
+
+
+def classifier_config():
+    from transformers import ResNetConfig
+
+    return ResNetConfig(num_channels=3, embedding_size=16, hidden_sizes=[16, 32, 64, 128], depths=[1, 1, 1, 1],
+                        layer_type="basic", hidden_act="relu", num_labels=len(SHAPES),
+                        id2label=dict(enumerate(SHAPES)), label2id={s: i for i, s in enumerate(SHAPES)})
+
+
+def detector_config():
+    from transformers import OwlViTConfig
+
+    vision = dict(image_size=RESOLUTION, patch_size=4, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                  num_attention_heads=4)
+    return OwlViTConfig(text_config=_text_tower(), vision_config=vision, projection_dim=64)
+
+
+# ------------------------------------------------------------------------------------------------------ loaders
+def load_unet(path: Path | None = None):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel.from_pretrained(str(_check(path or WEIGHTS_DIR / "unet", "diffusion")))
+
+
+def load_text_encoder(path: Path | None = None):
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel.from_pretrained(str(_check(path or WEIGHTS_DIR / "text_encoder", "diffusion")))
+
+
+def load_scheduler(path: Path | None = None):
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_pretrained(str(_check(path or WEIGHTS_DIR / "scheduler", "diffusion")))
+
+
+def load_clip(path: Path | None = None):
+    from transformers import CLIPModel
+
+    return CLIPModel.from_pretrained(str(_check(path or WEIGHTS_DIR / "clip", "clip"))).eval()
+
+
+def load_classifier(path: Path | None = None):
+    from transformers import ResNetForImageClassification
+
+    return ResNetForImageClassification.from_pretrained(str(_check(path or WEIGHTS_DIR / "classifier",
+                                                                    "classifier"))).eval()
+
+
+def load_detector(path: Path | None = None):
+    from transformers import OwlViTForObjectDetection
+
+    return OwlViTForObjectDetection.from_pretrained(str(_check(path or WEIGHTS_DIR / "detector", "detector"))).eval()
+
+
+def features(output) -> torch.Tensor:
+    """transformers 5 returns an output object from get_*_features (the embedding is ``pooler_output``)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output

@@ -1,0 +1,367 @@
+"""Training scripts for the testbed's networks: ``python -m bench testbed train <part|all> [--steps N] [--seed S]``.
+
+Each part trains from scratch on freshly rendered training-split scenes (``world.generate``, infinite data, seeded),
+saves with ``save_pretrained`` under ``weights/<part>/`` and records its command, seed, steps, wall time and final
+losses in ``weights/manifest.json``. Losses reported are the mean over the last 50 steps.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import models, world
+from .world import BACKGROUND_NAMES, COLOR_NAMES, SHAPES
+
+PARTS = ("diffusion", "clip", "aesthetic", "classifier", "detector")
+DEFAULT_STEPS = {"diffusion": 4000, "clip": 700, "aesthetic": 1500, "classifier": 400, "detector": 800}
+CAPTION_DROPOUT = 0.1
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Batches:
+    """Infinite seeded stream of training-split scenes, rendered in chunks (deterministic per seed)."""
+
+    def __init__(self, seed: int, batch_size: int, split: str = "train", num_objects: int | None = None,
+                 chunk: int = 4096):
+        self.seed, self.batch_size, self.split, self.num_objects, self.chunk = seed, batch_size, split, num_objects, chunk
+        self.round = 0
+        self._fill()
+
+    def _fill(self):
+        self.images, self.scenes = world.generate(self.chunk, seed=self.seed * 100_003 + self.round, split=self.split,
+                                                  num_objects=self.num_objects)
+        self.order = torch.randperm(self.chunk, generator=torch.Generator().manual_seed(self.seed + self.round))
+        self.pos = 0
+        self.round += 1
+
+    def next(self):
+        if self.pos + self.batch_size > self.chunk:
+            self._fill()
+        idx = self.order[self.pos:self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return world.to_float(self.images[idx]), [self.scenes[i] for i in idx.tolist()]
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def record(part: str, argv: list[str], seed: int, steps: int, wall: float, losses: dict, extra: dict | None = None):
+    path = models.WEIGHTS_DIR / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    manifest[part] = {"command": "python -m bench testbed train " + " ".join(argv), "seed": seed, "steps": steps,
+                      "wall_time_s": round(wall, 1), "final_losses": {k: round(float(v), 5) for k, v in losses.items()},
+                      "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+                      **(extra or {})}
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------------- diffusion
+def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, lr: float = 1e-3,
+                    max_minutes: float | None = None, ema_decay: float = 0.998, min_snr_gamma: float = 5.0):
+    """UNet (eps-prediction, pixel space in [-1,1]) and CLIP text encoder trained jointly from scratch on the
+    noise-prediction MSE with min-SNR-5 weighting (Hang et al. 2023: weight min(SNR, 5)/SNR for eps, faster
+    convergence); captions replaced by "" with probability 0.1 (classifier-free guidance). Saves the EMA weights.
+
+    ``max_minutes`` caps wall time: the cosine learning rate then follows max(step/steps, elapsed/limit), so a run
+    cut short by a slow or shared machine still anneals; the manifest records the steps actually done."""
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    tokenizer = models.build_tokenizer()
+    unet = UNet2DConditionModel(**models.unet_config())
+    text_encoder = CLIPTextModel(models.text_encoder_config())
+    scheduler = DDIMScheduler(**models.scheduler_config())
+    alphas = scheduler.alphas_cumprod.float()
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    ema = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    data = Batches(seed, batch_size)
+    gen = torch.Generator().manual_seed(seed)
+    losses, start, step = [], time.time(), 0
+
+    def save():
+        backup = [p.detach().clone() for p in params]
+        for p, e in zip(params, ema):
+            p.data.copy_(e)
+        unet.save_pretrained(out_dir / "unet")
+        text_encoder.save_pretrained(out_dir / "text_encoder")
+        tokenizer.save_pretrained(out_dir / "tokenizer")
+        scheduler.save_pretrained(out_dir / "scheduler")
+        for p, b in zip(params, backup):
+            p.data.copy_(b)
+
+    snr = alphas / (1 - alphas)
+    loss_weight = snr.clamp(max=min_snr_gamma) / snr
+    for step in range(steps):
+        elapsed = time.time() - start
+        if max_minutes and elapsed > 60 * max_minutes:
+            log(f"time limit reached at step {step}")
+            break
+        progress = max(step / steps, elapsed / (60 * max_minutes) if max_minutes else 0.0)
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(int(progress * steps), steps, lr)
+        images, scenes = data.next()
+        x0 = images * 2 - 1
+        captions = [("" if torch.rand((), generator=gen) < CAPTION_DROPOUT else s.caption) for s in scenes]
+        ids, _ = models.tokenize(tokenizer, captions)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(x_t, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+        mse = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+        loss = (loss_weight[t] * mse).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p, e in zip(params, ema):
+                e.lerp_(p.detach(), 1 - decay)
+        losses.append(mse.mean().item())
+        if step % 10 == 0:
+            log(f"diffusion step {step} eps mse {np.mean(losses[-50:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"({time.time() - start:.0f}s)")
+        if step and step % 500 == 0:
+            save()
+    save()
+    return step + 1, time.time() - start, {"eps_mse": np.mean(losses[-50:])}
+
+
+# --------------------------------------------------------------------------------------------------------- CLIP
+def clip_pixels(images: torch.Tensor) -> torch.Tensor:
+    """The testbed CLIP's preprocessing: native 24 px, CLIP mean/std (differentiable)."""
+    from rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
+
+    return normalize(images, CLIP_MEAN, CLIP_STD)
+
+
+def clip_loss(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor, captions: list[str]):
+    """Symmetric InfoNCE where every pair with an identical caption counts as a positive (the world repeats
+    captions, so a one-hot target would push apart true matches)."""
+    img = F.normalize(image_emb, dim=-1)
+    txt = F.normalize(text_emb, dim=-1)
+    logits = logit_scale.exp().clamp(max=100) * img @ txt.T
+    ids = {c: i for i, c in enumerate(dict.fromkeys(captions))}
+    label = torch.tensor([ids[c] for c in captions])
+    target = (label[:, None] == label[None, :]).float()
+    target = target / target.sum(1, keepdim=True)
+    return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.log_softmax(0), 0).mean())
+
+
+def train_clip(steps: int, seed: int, out_dir: Path, batch_size: int = 256, lr: float = 2e-3):
+    from transformers import CLIPModel
+
+    torch.manual_seed(seed)
+    tokenizer = models.build_tokenizer()
+    clip = CLIPModel(models.clip_config())
+    opt = torch.optim.AdamW(clip.parameters(), lr=lr, weight_decay=0.05)
+    data = Batches(seed + 1, batch_size)
+    losses, start = [], time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr)
+        images, scenes = data.next()
+        captions = [s.caption for s in scenes]
+        ids, mask = models.tokenize(tokenizer, captions)
+        img = models.features(clip.get_image_features(pixel_values=clip_pixels(images)))
+        txt = models.features(clip.get_text_features(input_ids=ids, attention_mask=mask))
+        loss = clip_loss(img, txt, clip.logit_scale, captions)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log(f"clip step {step} loss {np.mean(losses[-50:]):.4f} scale {clip.logit_scale.exp().item():.1f}")
+    clip.save_pretrained(out_dir / "clip")
+    tokenizer.save_pretrained(out_dir / "clip")
+    return steps, time.time() - start, {"contrastive": np.mean(losses[-50:])}
+
+
+# ---------------------------------------------------------------------------------------------- aesthetic head
+def train_aesthetic(steps: int, seed: int, out_dir: Path, num_images: int = 16384, batch_size: int = 256,
+                    lr: float = 1e-3):
+    """The LAION-layout MLP on the frozen testbed CLIP's L2-normalised image embeddings, regressing the gold score
+    (MSE), as the LAION head was fit to human ratings. Embeddings of ``num_images`` rendered scenes are computed once."""
+    from safetensors.torch import save_file
+
+    from rewards.aesthetic import AestheticMLP
+    from rewards.encoders import HFImageEncoder
+
+    from .gold import gold_aesthetic
+
+    torch.manual_seed(seed)
+    encoder = HFImageEncoder(models.load_clip(out_dir / "clip")).eval()
+    images, _ = world.generate(num_images, seed=seed * 100_003 + 7, split="train")
+    with torch.no_grad():
+        x = world.to_float(images)
+        emb = torch.cat([encoder(clip_pixels(x[i:i + 1024])) for i in range(0, num_images, 1024)])
+        emb = F.normalize(emb, dim=-1)
+        gold = gold_aesthetic(x)
+    head = AestheticMLP(emb.shape[1])
+    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(seed)
+    losses, start = [], time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr)
+        idx = torch.randint(0, num_images, (batch_size,), generator=gen)
+        loss = F.mse_loss(head(emb[idx]).squeeze(-1), gold[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 200 == 0:
+            log(f"aesthetic step {step} mse {np.mean(losses[-50:]):.4f}")
+    (out_dir / "aesthetic").mkdir(parents=True, exist_ok=True)
+    save_file(head.state_dict(), out_dir / "aesthetic" / "head.safetensors")
+    (out_dir / "aesthetic" / "config.json").write_text(json.dumps({"input_dim": int(emb.shape[1])}) + "\n")
+    return steps, time.time() - start, {"mse": np.mean(losses[-50:])}
+
+
+# --------------------------------------------------------------------------------------------------- classifier
+def classifier_pixels(images: torch.Tensor) -> torch.Tensor:
+    """The testbed classifier's preprocessing: native 24 px, ImageNet mean/std (differentiable)."""
+    from rewards.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize
+
+    return normalize(images, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def train_classifier(steps: int, seed: int, out_dir: Path, batch_size: int = 128, lr: float = 2e-3):
+    """Shape classification of single-object scenes (cross-entropy), with mild pixel noise so that the judge of the
+    generated images' shapes is not thrown by small sampling artefacts."""
+    from transformers import ResNetForImageClassification
+
+    torch.manual_seed(seed)
+    model = ResNetForImageClassification(models.classifier_config())
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    data = Batches(seed + 2, batch_size, num_objects=1)
+    gen = torch.Generator().manual_seed(seed)
+    losses, start = [], time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr)
+        images, scenes = data.next()
+        noise = torch.rand(images.shape[0], 1, 1, 1, generator=gen) * 0.06
+        images = (images + noise * torch.randn(images.shape, generator=gen)).clamp(0, 1)
+        label = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
+        loss = F.cross_entropy(model(classifier_pixels(images)).logits, label)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log(f"classifier step {step} loss {np.mean(losses[-50:]):.4f}")
+    model.save_pretrained(out_dir / "classifier")
+    return steps, time.time() - start, {"cross_entropy": np.mean(losses[-50:])}
+
+
+# ----------------------------------------------------------------------------------------------------- detector
+QUERIES_PER_IMAGE = 4
+
+
+def detector_queries(scene: world.Scene, rng: np.random.Generator, k: int = QUERIES_PER_IMAGE):
+    """``k`` queries for a scene: every present object, then absent ones, half of them hard negatives (same colour or
+    same shape as a present object). Returns [(query, index of the matching object or -1)]."""
+    present = [(o.color, o.shape) for o in scene.objects]
+    out = [(f"{c} {s}", i) for i, (c, s) in enumerate(present)]
+    while len(out) < k:
+        c, s = present[int(rng.integers(len(present)))]
+        if rng.random() < 0.5:
+            c, s = (COLOR_NAMES[int(rng.integers(6))], s) if rng.random() < 0.5 else (c, SHAPES[int(rng.integers(3))])
+        else:
+            c, s = COLOR_NAMES[int(rng.integers(6))], SHAPES[int(rng.integers(3))]
+        if (c, s) not in present and f"{c} {s}" not in [q for q, _ in out]:
+            out.append((f"{c} {s}", -1))
+    order = rng.permutation(k)
+    return [out[i] for i in order]
+
+
+def detector_targets(scenes, rng, patch: int):
+    """Per-patch targets [B, patches, Q]: 1 where the queried object covers >= 25% of the patch."""
+    queries, targets = [], []
+    for scene in scenes:
+        qs = detector_queries(scene, rng)
+        cover = torch.from_numpy(world.object_masks(scene))  # [objects, H, W]
+        cover = F.avg_pool2d(cover[None], patch)[0].flatten(1)  # [objects, patches]
+        t = torch.zeros(cover.shape[1], len(qs))
+        for j, (q, i) in enumerate(qs):
+            if i >= 0:
+                t[:, j] = (cover[i] >= 0.25).float()
+        queries.append([q for q, _ in qs])
+        targets.append(t)
+    return queries, torch.stack(targets)
+
+
+def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, lr: float = 2e-3):
+    """OWL-ViT trained from scratch on its class head only: per patch and query, binary cross-entropy against "the
+    queried coloured shape covers this patch" (boxes are not trained; the reward reads only the class logits)."""
+    from transformers import OwlViTForObjectDetection
+
+    from rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
+
+    torch.manual_seed(seed)
+    tokenizer = models.build_tokenizer()
+    model = OwlViTForObjectDetection(models.detector_config())
+    patch = model.config.vision_config.patch_size
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    data = Batches(seed + 3, batch_size)
+    rng = np.random.default_rng(seed)
+    losses, start = [], time.time()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = cosine_lr(step, steps, lr)
+        images, scenes = data.next()
+        queries, target = detector_targets(scenes, rng, patch)
+        ids, mask = models.tokenize(tokenizer, [q for qs in queries for q in qs])
+        logits = model(input_ids=ids, attention_mask=mask, pixel_values=normalize(images, CLIP_MEAN, CLIP_STD)).logits
+        # positives are rare (a few patches of 36): weight them up so that presence is learned, not just absence
+        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(4.0))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            log(f"detector step {step} loss {np.mean(losses[-50:]):.4f}")
+    model.save_pretrained(out_dir / "detector")
+    tokenizer.save_pretrained(out_dir / "detector")
+    return steps, time.time() - start, {"bce": np.mean(losses[-50:])}
+
+
+TRAINERS = {"diffusion": train_diffusion, "clip": train_clip, "aesthetic": train_aesthetic,
+            "classifier": train_classifier, "detector": train_detector}
+
+
+def run(part: str, steps: int | None, seed: int, argv: list[str], out_dir: Path | None = None,
+        record_manifest: bool = True, **kwargs) -> dict:
+    """Train one part (``all``: every part, in dependency order) and record it in the manifest.
+    ``kwargs`` go to the diffusion trainer (``max_minutes``)."""
+    out_dir = out_dir or models.WEIGHTS_DIR
+    results = {}
+    for p in (PARTS if part == "all" else (part,)):
+        n = steps or DEFAULT_STEPS[p]
+        log(f"training {p}: {n} steps, seed {seed}")
+        done, wall, losses = TRAINERS[p](n, seed, out_dir, **(kwargs if p == "diffusion" else {}))
+        results[p] = {"steps": done, "wall_time_s": wall, "final_losses": losses}
+        if record_manifest:
+            record(p, [p] + argv, seed, done, wall, losses)
+        log(f"{p}: {done} steps in {wall:.0f}s, final losses {losses}")
+    return results
