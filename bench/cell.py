@@ -23,7 +23,7 @@ import torch
 
 import methods
 import rewards
-from bench import backbones
+from bench import backbones, metrics
 from methods.sampling import sample
 
 PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
@@ -71,6 +71,9 @@ class CellSpec:
     results_dir: str = "results"
     save_lora: bool = True
     save_images: bool = True
+    #: reward whose image tower embeds evaluation images for the diversity metric (default: the first eval reward
+    #: that has one, else pixels); does not change training, so it is not part of the cell's identity
+    diversity_reward: str | None = None
 
     def validate(self) -> None:
         if self.budget < 1:
@@ -88,7 +91,7 @@ class CellSpec:
     def cell_id(self) -> str:
         """Deterministic identity: readable parts plus a hash of everything that changes the result."""
         keyed = {k: v for k, v in dataclasses.asdict(self).items()
-                 if k not in ("suite", "results_dir", "save_lora", "save_images")}
+                 if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward")}
         digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.backbone}__{self.task or self.reward}__{self.method}__s{self.seed}__{digest}"
 
@@ -225,8 +228,11 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
     headline = next(iter(eval_rewards))
     curve: list[dict[str, Any]] = []
 
+    eval_images: dict[str, torch.Tensor] = {}
+
     def evaluate(samples: int, queries: int, images_out: Path | None = None) -> dict[str, float]:
         scores, images = evaluator()
+        eval_images["first" if not curve else "last"] = images
         point = {"cell_id": spec.cell_id, "samples": samples, "reward_queries": queries,
                  "train_wall_s": round(train_time, 3)}
         for name, s in scores.items():
@@ -272,6 +278,16 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
                                                                "reward": spec.reward})
     first = curve[0]
     samples = [p["samples"] for p in curve]
+    div_reward = eval_rewards.get(spec.diversity_reward) if spec.diversity_reward else next(
+        (r for r in eval_rewards.values() if hasattr(r, "image_encoder")), None)
+    if spec.diversity_reward and div_reward is None and spec.diversity_reward in rewards.available():
+        try:
+            div_reward = rewards.create(spec.diversity_reward).to(backbone.device)
+        except Exception:  # noqa: BLE001 - weights not available: fall back to pixels, named in the row
+            div_reward = None
+    embedding_name, embed = metrics.image_embedder(div_reward)
+    diversity = {k: metrics.pairwise_diversity(embed(v.to(backbone.device)), evaluator.prompts)
+                 for k, v in eval_images.items()}
     row = {
         "cell_id": spec.cell_id, "suite": spec.suite, "backbone": spec.backbone, "method": spec.method,
         "task": spec.task or spec.reward, "train_reward": method.reward.name, "eval_reward": headline,
@@ -279,6 +295,10 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "samples": method.total_samples, "reward_queries": method.total_reward_queries, "optimizer_steps": n_steps,
         "reward_initial": first[f"{headline}_mean"], "reward_final": final[f"{headline}_mean"],
         "reward_final_std": final[f"{headline}_std"],
+        "eval_images": len(evaluator.prompts),
+        "diversity_initial": diversity.get("first", math.nan),
+        "diversity_final": diversity.get("last", diversity.get("first", math.nan)),
+        "diversity_embedding": embedding_name,
         "reward_auc": area_under_curve(samples, [p[f"{headline}_mean"] for p in curve]),
         "peak_mem_mb": round(peak_memory_mb(backbone.device), 1),
         "samples_per_s": method.total_samples / train_time if train_time > 0 else math.nan,

@@ -87,6 +87,10 @@ def add_run_parser(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="grid: rerun cells that already finished")
     p.add_argument("--shard", default=None, help="grid: run shard i of n, as i/n")
     p.add_argument("--limit", type=int, default=None, help="grid: run at most N cells")
+    p.add_argument("--jobs", type=int, default=None, help="grid: cells run at once, each in its own process "
+                   "(default: the preset's)")
+    p.add_argument("--plugins", default=None, help="grid: comma-separated modules to import in every cell "
+                   "(registering extra methods, rewards or tasks)")
 
 
 def _seed_list(text: str | None, default: Sequence[int] = (0,)) -> list[int]:
@@ -272,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.argv = argv
         if not args.command:
             parser.print_help()
             return EXIT_USAGE

@@ -1,0 +1,411 @@
+"""The grid runner: methods × tasks × seeds of a preset, each cell in its own process.
+
+* Each cell runs in a child process forked from this one (``fork`` on CPU: torch and diffusers are already imported,
+  so a cell starts in milliseconds; ``forkserver`` when CUDA is used, since CUDA does not survive a fork). Memory
+  figures are per process, and a crash, OOM or NaN stays inside its cell.
+* A finished cell appends its curve to ``curves.csv`` and then its row to ``cells.csv`` (atomic, locked, keyed by
+  ``cell_id``: a rerun replaces, never duplicates). The row is written last, so a row means a complete cell.
+* ``--resume`` (default): cells whose row says ``ok`` or ``nan`` are skipped; failed cells (``error``, ``oom``,
+  ``crashed``) are tried again.
+* A failing cell is recorded with its ``status`` and a one-line ``message`` (the traceback goes to the cell's
+  ``log.txt``) and the grid goes on. Ctrl-C stops the running cells without writing partial rows.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import fnmatch
+import importlib
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import queue as queue_mod
+import signal
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Sequence
+
+from bench import presets as presets_mod
+from bench import tasks as tasks_mod
+from bench.results import append_rows, read_csv, write_atomic
+
+FINISHED = ("ok", "nan")
+FAILED = ("error", "oom", "crashed")
+
+
+class GridError(ValueError):
+    """Bad grid input (unknown preset, method, task; malformed option): one line, exit 2."""
+
+
+# ---------------------------------------------------------------------------------------------------- the plan
+def _select(names: Sequence[str], spec: str | None, kind: str, known: Sequence[str]) -> list[str]:
+    """Comma-separated names or wildcards, each of which must match something known."""
+    if spec is None:
+        return list(names)
+    out: list[str] = []
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        matches = [n for n in known if fnmatch.fnmatch(n, part)]
+        if not matches:
+            raise GridError(f"unknown {kind} {part!r}; valid: {', '.join(known)}")
+        out += [m for m in matches if m not in out]
+    if not out:
+        raise GridError(f"--{kind}s selects nothing")
+    return out
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    if text is None:
+        return 0, 1
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise GridError(f"--shard expects i/n with 0 <= i < n, got {text!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise GridError(f"--shard expects i/n with 0 <= i < n, got {text!r}")
+    return i, n
+
+
+def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str | None = None,
+         seeds: list[int] | None = None, budget: int | None = None, device: str | None = None,
+         protocol: str = "shared", suite: str | None = None, results_dir: str = "results",
+         method_settings: dict[str, Any] | None = None, backbone: str | None = None,
+         ) -> tuple[list, list[str]]:
+    """The preset's cells (CellSpecs, in a fixed order) and notes on what was skipped (unregistered names)."""
+    import methods as methods_pkg
+    import rewards
+    from bench import backbones
+    from bench.cell import CellSpec
+
+    method_names = _select(preset.methods, methods, "method", sorted(set(presets_mod.ALL_METHODS) |
+                                                                       set(methods_pkg.available())))
+    task_names = _select(preset.tasks, tasks, "task", tasks_mod.available())
+    if budget is not None and budget < 1:
+        raise GridError(f"--budget must be >= 1 sample, got {budget}")
+    notes, specs = [], []
+    registered = set(methods_pkg.available())
+    for m in [m for m in method_names if m not in registered]:
+        notes.append(f"method {m} is not registered yet: skipped")
+    method_names = [m for m in method_names if m in registered]
+    usable_tasks = []
+    for t in task_names:
+        task = tasks_mod.get(t)
+        missing = tasks_mod.missing_rewards(task)
+        bb = backbone or preset.backbone or task.backbone
+        if missing:
+            notes.append(f"task {t}: reward(s) {', '.join(missing)} not registered yet: skipped")
+        elif bb not in backbones.available():
+            notes.append(f"task {t}: backbone {bb} not registered yet: skipped")
+        else:
+            usable_tasks.append(t)
+    dev = device or preset.device or _default_device()
+    b = budget or preset.budget
+    eval_every = min(preset.eval_every, b)
+    for t in usable_tasks:
+        kw = tasks_mod.get(t).cell_kwargs()
+        kw["backbone"] = backbone or preset.backbone or kw["backbone"]
+        if preset.eval_prompts_limit:
+            kw["eval_prompts"] = kw["eval_prompts"][: preset.eval_prompts_limit]
+        for m in method_names:
+            config_fields = {f.name for f in dataclasses.fields(getattr(methods_pkg.get(m), "Config", object))} \
+                if dataclasses.is_dataclass(getattr(methods_pkg.get(m), "Config", None)) else set()
+            settings: dict[str, Any] = {}
+            if protocol == "shared":
+                settings.update({k: v for k, v in preset.protocol.items() if k in config_fields})
+                settings.update(preset.method_overrides.get(m, {}))
+            settings.update(method_settings or {})
+            for seed in (seeds if seeds is not None else preset.seeds):
+                specs.append(CellSpec(
+                    method=m, seed=seed, budget=b, batch_size=preset.batch_size, eval_every=eval_every,
+                    eval_images_per_prompt=preset.eval_images_per_prompt,
+                    eval_num_steps=preset.protocol.get("num_steps"),
+                    eval_guidance_scale=preset.protocol.get("guidance_scale"), method_kwargs=settings,
+                    protocol=protocol, device=dev, dtype=preset.dtype, lora_rank=preset.lora_rank,
+                    suite=suite or preset.name, results_dir=results_dir, save_images=preset.save_images, **kw))
+    return specs, notes
+
+
+def _default_device() -> str:
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # check without initialising CUDA (fork-safe)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def shard(specs: list, i: int, n: int) -> list:
+    """Shard i of n: every n-th cell in the sorted order of cell ids, so shards are disjoint and cover the grid."""
+    ordered = sorted(specs, key=lambda s: s.cell_id)
+    mine = {s.cell_id for s in ordered[i::n]}
+    return [s for s in specs if s.cell_id in mine]
+
+
+def finished_cells(out_dir: Path) -> set[str]:
+    cells = read_csv(out_dir / "cells.csv")
+    if cells.empty or "status" not in cells:
+        return set()
+    return set(cells.loc[cells["status"].isin(FINISHED), "cell_id"].astype(str))
+
+
+# ------------------------------------------------------------------------------------------------- one cell
+def failure_row(spec, status: str, message: str, wall_s: float = math.nan) -> dict[str, Any]:
+    return {"cell_id": spec.cell_id, "suite": spec.suite, "backbone": spec.backbone, "method": spec.method,
+            "task": spec.task or spec.reward, "seed": spec.seed, "protocol": spec.protocol, "status": status,
+            "message": message.replace("\n", " ")[:300], "budget": spec.budget, "wall_s": round(wall_s, 2),
+            "device": spec.device}
+
+
+def _die_with_parent() -> None:
+    """Linux: the cell gets SIGKILL when the grid process dies (kill -9 of the grid leaves no orphan cell)."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
+    """Runs in the child: train and evaluate one cell, append its curve then its row, report progress."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    log_dir = spec.cell_dir()
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log = open(log_dir / "log.txt", "w", buffering=1)
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    start = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    for name in plugins:
+        importlib.import_module(name)
+    from bench.cell import run_cell
+
+    out = Path(spec.results_dir) / spec.suite
+
+    def progress(p):
+        events.put(("progress", spec.cell_id, p["samples"], p["reward"]))
+
+    try:
+        row, curve = run_cell(spec, on_progress=progress)
+        append_rows(out / "curves.csv", curve, key=["cell_id"])
+        append_rows(out / "cells.csv", [row], key=["cell_id"])
+        events.put(("done", spec.cell_id, row["status"], row.get("reward_final")))
+    except KeyboardInterrupt:
+        os._exit(130)  # no row: the cell is not finished (its curve rows, if any, are replaced on the rerun)
+    except BaseException as err:  # noqa: BLE001 - any failure is the cell's result, not the grid's
+        traceback.print_exc()
+        oom = isinstance(err, MemoryError) or "out of memory" in str(err).lower()
+        status = "oom" if oom else "error"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        message = f"{type(err).__name__}: {first}"
+        append_rows(out / "cells.csv", [failure_row(spec, status, message, time.perf_counter() - start)],
+                    key=["cell_id"])
+        events.put(("done", spec.cell_id, status, None))
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        events.close()
+        events.join_thread()  # flush the queue's feeder thread before os._exit
+    os._exit(0)
+
+
+def _context(device: str):
+    if device.startswith("cuda"):
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["bench.cell", "methods", "rewards", "bench.backbones", "bench.testbed"])
+        return ctx
+    return mp.get_context("fork")
+
+
+# ------------------------------------------------------------------------------------------------- the runner
+def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, plugins: Sequence[str] = (),
+             console=None) -> dict[str, Any]:
+    """Run the cells not yet finished; returns a summary. Cells run ``jobs`` at a time, each in its own process."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    console = console or Console(stderr=True)
+    done = finished_cells(out_dir) if resume else set()
+    todo = [s for s in specs if s.cell_id not in done]
+    skipped = len(specs) - len(todo)
+    if skipped:
+        console.print(f"resume: {skipped} of {len(specs)} cells already finished in {out_dir}/cells.csv; skipping them")
+    ctx = _context(todo[0].device if todo else "cpu")
+    events = ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
+    running: dict[str, tuple[Any, Any, float]] = {}  # cell_id -> (process, spec, start)
+    results: dict[str, str] = {}
+    last_reward: dict[str, str] = {}
+    pending = list(todo)
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("cells"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.fields[current]}")]
+    start = time.perf_counter()
+    with Progress(*columns, console=console, transient=False) as bar:
+        task_id = bar.add_task(out_dir.name, total=len(specs), completed=skipped, current="")
+        try:
+            while pending or running:
+                while pending and len(running) < max(1, jobs):
+                    spec = pending.pop(0)
+                    proc = ctx.Process(target=_cell_process, args=(spec, events, threads, list(plugins)),
+                                       name=f"cell-{spec.cell_id}")
+                    proc.start()
+                    running[spec.cell_id] = (proc, spec, time.perf_counter())
+                try:
+                    kind, cell_id, a, b = events.get(timeout=0.5)
+                    if kind == "progress":
+                        last_reward[cell_id] = f"{running.get(cell_id, (None, None))[1].method if cell_id in running else ''}" \
+                                               f" on {cell_id.split('__')[1]}: samples {a}, eval reward {b:.4g}"
+                    elif kind == "done":
+                        results[cell_id] = a
+                        final = f", final {b:.4g}" if isinstance(b, float) and math.isfinite(b) else ""
+                        console.print(f"  {a:<8} {cell_id}{final}")
+                except queue_mod.Empty:
+                    pass
+                for cell_id, (proc, spec, t0) in list(running.items()):
+                    if proc.is_alive():
+                        continue
+                    proc.join()
+                    del running[cell_id]
+                    _drain(events, results, console)
+                    if cell_id not in results:
+                        results.update(_row_status(out_dir, cell_id))
+                    if cell_id not in results:  # died without writing its row: segfault, OOM kill, kill -9
+                        code = proc.exitcode
+                        why = f"cell process died (exit code {code}" + (
+                            f", signal {-code}{' SIGKILL: out of memory?' if code == -9 else ''})" if code and code < 0
+                            else ")")
+                        append_rows(out_dir / "cells.csv", [failure_row(spec, "crashed", why,
+                                                                        time.perf_counter() - t0)], key=["cell_id"])
+                        results[cell_id] = "crashed"
+                        console.print(f"  crashed  {cell_id}: {why}")
+                    bar.advance(task_id)
+                current = "; ".join(last_reward.get(c, f"{s.method} on {s.task}: starting")
+                                    for c, (_, s, _) in running.items())
+                bar.update(task_id, current=current)
+        except KeyboardInterrupt:
+            for proc, _, _ in running.values():
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGINT)
+            for proc, _, _ in running.values():
+                proc.join(timeout=30)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+            raise
+    return {"ran": len(todo), "skipped": skipped, "results": results, "wall_s": time.perf_counter() - start}
+
+
+def _row_status(out_dir: Path, cell_id: str) -> dict[str, str]:
+    cells = read_csv(out_dir / "cells.csv")
+    if cells.empty or "cell_id" not in cells:
+        return {}
+    hit = cells[cells["cell_id"] == cell_id]
+    return {cell_id: str(hit["status"].iloc[-1])} if not hit.empty else {}
+
+
+def _drain(events, results: dict[str, str], console) -> None:
+    while True:
+        try:
+            kind, cell_id, a, b = events.get_nowait()
+        except (queue_mod.Empty, OSError, ValueError):
+            return
+        if kind == "done":
+            results[cell_id] = a
+            final = f", final {b:.4g}" if isinstance(b, float) and math.isfinite(b) else ""
+            console.print(f"  {a:<8} {cell_id}{final}")
+
+
+# ------------------------------------------------------------------------------------------------- the command
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = ""
+    if torch.cuda.is_available():
+        gpu = ", " + torch.cuda.get_device_name(0)
+    return f"{socket.gethostname()}: {os.cpu_count()} CPU cores ({cpu}){gpu}, Python {platform.python_version()}, " \
+           f"torch {torch.__version__}"
+
+
+def run_from_args(args) -> int:
+    """``python -m bench run --grid [--preset P] [--methods ..] [--tasks ..] [--seeds ..] [--budget N] ...``."""
+    from bench.cli import UsageError, _seed_list, parse_settings
+
+    try:
+        preset = presets_mod.get(args.preset or "quick")
+        plugins = [p for p in (getattr(args, "plugins", None) or "").split(",") if p]
+        for name in plugins:
+            try:
+                importlib.import_module(name)
+            except ImportError as err:
+                raise GridError(f"--plugins: cannot import {name!r}: {err}") from None
+        seeds = _seed_list(args.seeds) if args.seeds is not None else None
+        jobs = getattr(args, "jobs", None) or preset.jobs
+        if jobs < 1:
+            raise GridError(f"--jobs must be >= 1, got {jobs}")
+        i, n = parse_shard(args.shard)
+        settings = parse_settings(args.set)
+        for key in ("num_steps", "guidance_scale", "eta", "lr"):
+            if getattr(args, key, None) is not None:
+                settings[key] = getattr(args, key)
+        specs, notes = plan(preset, methods=args.method, tasks=args.task, seeds=seeds, budget=args.budget,
+                            device=args.device, protocol=args.protocol, suite=args.suite,
+                            results_dir=args.results_dir, method_settings=settings, backbone=args.backbone)
+    except GridError as err:
+        raise UsageError(str(err)) from None
+    if args.batch_size is not None:
+        specs = [dataclasses.replace(s, batch_size=args.batch_size) for s in specs]
+    if args.eval_every is not None:
+        specs = [dataclasses.replace(s, eval_every=args.eval_every) for s in specs]
+    specs = shard(specs, i, n)
+    if args.limit is not None:
+        specs = specs[: args.limit]
+    for s in specs:
+        s.validate()
+    out_dir = Path(args.results_dir) / (args.suite or preset.name)
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    for note in notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if not specs:
+        console.print("nothing to run: no registered method × task in this selection")
+        return 1 if not notes else 0
+    command = "python -m bench " + " ".join(getattr(args, "argv", None) or ["run", "--grid"])
+    info_path = out_dir / "run_info.json"
+    console.print(f"grid {preset.name}: {len(specs)} cells ({len({s.method for s in specs})} methods × "
+                  f"{len({s.task for s in specs})} tasks × {len({s.seed for s in specs})} seeds), budget "
+                  f"{specs[0].budget} samples, device {specs[0].device}, {jobs} at a time -> {out_dir}")
+    started = time.time()
+    interrupted = False
+    summary: dict[str, Any] = {}
+    try:
+        summary = run_grid(specs, out_dir, jobs=jobs, resume=not args.no_resume, plugins=plugins, console=console)
+    except KeyboardInterrupt:
+        interrupted = True
+    info = {"preset": preset.name, "command": command, "machine": machine(), "protocol": args.protocol,
+            "shared_protocol": preset.protocol, "method_overrides": preset.method_overrides,
+            "budget": specs[0].budget, "batch_size": specs[0].batch_size, "eval_every": specs[0].eval_every,
+            "eval_images_per_prompt": preset.eval_images_per_prompt, "seeds": sorted({s.seed for s in specs}),
+            "cells_planned": len(specs), "cells_run": summary.get("ran"), "cells_skipped_resume": summary.get("skipped"),
+            "notes": notes, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
+            "wall_s": round(time.time() - started, 1), "interrupted": interrupted, "jobs": jobs,
+            "load_average": os.getloadavg()}
+    write_atomic(info_path, json.dumps(info, indent=1, default=str))
+    if (out_dir / "cells.csv").exists():
+        from bench import leaderboard
+
+        leaderboard.build(out_dir)
+        console.print(f"leaderboard: {out_dir / 'leaderboard.md'}")
+        if not interrupted:
+            print((out_dir / "leaderboard.md").read_text())
+    if interrupted:
+        raise KeyboardInterrupt
+    console.print(f"grid finished in {info['wall_s']:.0f} s")
+    statuses = summary.get("results", {}).values()
+    return 0 if all(s == "ok" for s in statuses) else 1

@@ -1,0 +1,96 @@
+"""Plots from the CSVs: evaluation reward vs training samples per task (mean and 95% band over seeds, at identical
+sample counts), extra evaluation rewards (the gold aesthetic) beside the headline, and memory vs samples/s."""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench import metrics
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    os.replace(tmp, path)
+
+
+def method_curves(cells: pd.DataFrame, curves: pd.DataFrame, column: str) -> dict[str, tuple[np.ndarray, np.ndarray,
+                                                                                              np.ndarray]]:
+    """Per method: (sample grid, mean, 95% half-width) over seeds, each seed's curve interpolated on the grid."""
+    out = {}
+    for method, g in cells.groupby("method"):
+        cc = curves[curves["cell_id"].isin(g["cell_id"])]
+        if cc.empty or column not in cc:
+            continue
+        grid = np.array(sorted(cc["samples"].unique()), float)
+        per_seed = np.stack([metrics.on_grid(c["samples"], c[column], grid) for _, c in cc.groupby("cell_id")])
+        stats = [metrics.mean_ci95(per_seed[:, j].tolist()) for j in range(len(grid))]
+        out[method] = (grid, np.array([s[0] for s in stats]), np.array([s[1] for s in stats]))
+    return out
+
+
+def reward_vs_samples(task: str, cells: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
+    plt = _plt()
+    headline = cells["eval_reward"].dropna().iloc[0]
+    columns = [f"{headline}_mean"] + [c for c in curves.columns if c.endswith("_mean") and c != f"{headline}_mean"
+                                      and curves.loc[curves["cell_id"].isin(cells["cell_id"]), c].notna().any()]
+    fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4), squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        for method, (grid, mean, half) in sorted(method_curves(cells, curves, column).items()):
+            line, = ax.plot(grid, mean, marker="o", ms=3, label=method)
+            ax.fill_between(grid, mean - np.nan_to_num(half), mean + np.nan_to_num(half), color=line.get_color(),
+                            alpha=0.2)
+        ax.set_xlabel("training samples")
+        ax.set_ylabel(column[: -len("_mean")])
+        ax.grid(alpha=0.3)
+    axes[0][0].set_title(f"{task}: evaluation reward vs samples")
+    axes[0][0].legend(fontsize=8)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def memory_vs_throughput(cells: pd.DataFrame, path: Path) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ok = cells[cells["status"] == "ok"]
+    for method, g in ok.groupby("method"):
+        x, y = g["samples_per_s"].mean(), g["peak_mem_mb"].mean()
+        if math.isfinite(x) and math.isfinite(y):
+            ax.scatter(x, y, s=40)
+            ax.annotate(method, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    device = ", ".join(map(str, ok["device"].dropna().unique())) if "device" in ok else ""
+    ax.set_xlabel("training samples / s")
+    ax.set_ylabel("peak memory (MB)")
+    ax.set_title(f"memory vs throughput ({device})")
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+    plt.close(fig)
+
+
+def write_all(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame) -> list[Path]:
+    paths = []
+    ok = cells[cells["status"] == "ok"]
+    if not curves.empty:
+        for task, g in ok.groupby("task"):
+            p = out_dir / "plots" / f"reward_vs_samples_{task}.png"
+            reward_vs_samples(task, g, curves, p)
+            paths.append(p)
+    if not ok.empty:
+        p = out_dir / "plots" / "memory_vs_throughput.png"
+        memory_vs_throughput(cells, p)
+        paths.append(p)
+    return paths

@@ -1,0 +1,89 @@
+"""Grid presets: which methods × tasks × seeds, on which backbone, under one shared protocol and budget.
+
+A preset is plain data (like ddpo-pytorch's named configs). The *shared protocol* (sampler, steps, eta, CFG, LoRA
+rank, batch, budget) applies to every method in the preset; ``--protocol reference`` drops the shared sampler
+settings and lets each method follow its original paper (its ``REFERENCE`` settings), keeping budget and batch.
+
+Evaluation is the same for every method: the task's held-out prompts × ``eval_images_per_prompt`` fixed initial
+noises, deterministic DDIM (eta 0) with the protocol's steps and CFG, at every ``eval_every`` training samples.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+#: every method variant the benchmark compares (names not registered yet are skipped with a note)
+ALL_METHODS = ["ddpo", "refl", "draft", "draft-k", "draft-1", "draft-lv", "alignprop", "drtune"]
+TESTBED_TASKS = ["shapes-aesthetic", "shapes-alignment", "shapes-circles-to-squares", "shapes-add-red-circle",
+                 "shapes-remove-blue-square", "shapes-compressibility"]
+REAL_TASKS = ["aesthetic-animals", "hpsv2", "pickscore", "imagereward", "adversarial-cat", "add-strawberries",
+              "remove-people", "compressibility", "incompressibility"]
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    methods: list[str]
+    tasks: list[str]
+    backbone: str | None = None          # None: each task's own backbone
+    seeds: list[int] = field(default_factory=lambda: [0])
+    budget: int = 32                     # training samples per cell
+    batch_size: int = 4
+    eval_every: int = 8                  # evaluation points: 0, eval_every, 2·eval_every, ..., budget
+    eval_images_per_prompt: int = 2
+    eval_prompts_limit: int | None = None
+    #: the shared protocol: applied to every method (a method whose config lacks a key ignores it)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    #: per-method exceptions to the shared protocol, where the method cannot run under it (e.g. DDPO needs eta > 0)
+    method_overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lora_rank: int = 4
+    device: str | None = None            # None: cuda if available, else cpu
+    dtype: str = "fp32"
+    jobs: int = 1                        # cells run at once (each in its own process)
+    save_images: bool = True
+    expected_time: str = ""
+
+
+TESTBED_PROTOCOL = dict(sampler="ddim", num_steps=10, guidance_scale=3.0, eta=0.0)
+SD_PROTOCOL = dict(sampler="ddim", num_steps=50, guidance_scale=7.5, eta=0.0)
+#: DDPO's policy gradient needs stochastic transitions: it samples with eta = 1 (its paper's value); it is still
+#: evaluated like every other method (eta 0, fixed noise)
+DDPO_ETA = {"ddpo": {"eta": 1.0}}
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("quick", "every method × every testbed task on shapes, 1 seed, 32 samples: the default of --grid",
+           ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0], budget=32, batch_size=4, eval_every=8,
+           protocol=TESTBED_PROTOCOL, method_overrides=DDPO_ETA, device="cpu", jobs=2,
+           expected_time="≤ 15 min on 2 CPU cores"),
+    Preset("ci", "regression subset: 4 methods × 2 testbed tasks, 16 samples (compared with results/ci/baseline.csv)",
+           ["ddpo", "draft-1", "draft-lv", "refl"], ["shapes-aesthetic", "shapes-circles-to-squares"],
+           backbone="shapes", seeds=[0], budget=16, batch_size=4, eval_every=8, protocol=TESTBED_PROTOCOL,
+           method_overrides=DDPO_ETA, device="cpu", jobs=2, save_images=False, expected_time="≤ 3 min on 2 CPU cores"),
+    Preset("paper", "every method × every testbed task, 3 seeds, 512 samples: the testbed's science run",
+           ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0, 1, 2], budget=512, batch_size=8, eval_every=64,
+           protocol=TESTBED_PROTOCOL, method_overrides=DDPO_ETA, device="cpu", jobs=2,
+           expected_time="≈ 16× the quick grid per seed (≈ 10–12 h on 2 CPU cores; minutes on a GPU)"),
+    Preset("sd15", "the real grid: SD 1.5, the real reward zoo, every method, 3 seeds (GPU)",
+           ALL_METHODS, REAL_TASKS, backbone="sd15", seeds=[0, 1, 2], budget=4096, batch_size=8, eval_every=512,
+           eval_images_per_prompt=4, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA, lora_rank=8, device="cuda",
+           dtype="bf16", expected_time="GPU: ≈ 1–3 GPU-hours per cell (DRaFT-1 at ≈ 4 samples/s on an H100)"),
+    Preset("systems", "peak memory and samples/s of every method on SD-1.5's architecture, random weights, 512 px (GPU)",
+           ALL_METHODS, ["compressibility"], backbone="sd15-random", seeds=[0], budget=8, batch_size=2, eval_every=8,
+           eval_images_per_prompt=1, eval_prompts_limit=1, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA,
+           device="cuda", dtype="bf16", save_images=False, expected_time="GPU: a few minutes per method"),
+]}
+
+
+def get(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def available() -> list[str]:
+    return list(PRESETS)
+
+
+def describe() -> dict[str, str]:
+    return {p.name: f"{p.description} [{p.expected_time}]" for p in PRESETS.values()}
