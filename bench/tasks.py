@@ -67,6 +67,12 @@ def _registry() -> dict[str, Task]:
     return tasks
 
 
+def register(task: Task) -> Task:
+    """Add a task from code (plugins, tests); the JSON files remain the project's own tasks."""
+    _registry()[task.name] = task
+    return task
+
+
 def available(pattern: str = "*", suite: str | None = None) -> list[str]:
     return sorted(n for n, t in _registry().items()
                   if fnmatch.fnmatch(n, pattern) and (suite is None or t.suite == suite))

@@ -1,0 +1,130 @@
+"""``python -m bench compare BASE.csv NEW.csv``: print per-cell differences; exit 1 on a regression.
+
+Cells are matched on (backbone, method, task, seed, protocol, budget). A cell of BASE that finished ``ok``
+regresses in NEW when
+
+* it is missing from NEW, or its status there is not ``ok`` (error, oom, crashed, nan); or
+* its final evaluation reward drops by more than its noise allows:
+  ``base_final − new_final > z · sqrt(se_base² + se_new²)`` with ``se = reward_final_std / sqrt(eval_images)``, the
+  standard error of the mean over the fixed evaluation images (z = 3 by default, ``--z``), and at least
+  ``--min-drop`` (default 0); or
+* its peak memory grows by more than 10% (``--memory-tolerance 0.10``).
+
+Cells only in NEW are listed and never fail the comparison. Exit codes: 0 no regression, 1 regression, 2 bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+KEY = ["backbone", "method", "task", "seed", "protocol", "budget"]
+NEEDED = KEY + ["status", "reward_final"]
+
+
+def _load(path: str) -> pd.DataFrame:
+    from bench.cli import UsageError
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"compare: {p} not found")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UsageError(f"compare: {p} is not a readable CSV ({str(err).splitlines()[0]})") from None
+    missing = [c for c in NEEDED if c not in df]
+    if missing:
+        raise UsageError(f"compare: {p} lacks column(s) {', '.join(missing)} (is it a cells.csv?)")
+    for c in ("reward_final_std", "eval_images", "peak_mem_mb"):
+        if c not in df:
+            df[c] = math.nan
+    df["_key"] = df[KEY].astype(str).agg("|".join, axis=1)
+    return df.drop_duplicates("_key", keep="last").set_index("_key")
+
+
+def _se(row) -> float:
+    std, n = row.get("reward_final_std", math.nan), row.get("eval_images", math.nan)
+    if not (isinstance(std, float) and math.isfinite(std)):
+        return 0.0
+    n = n if isinstance(n, (int, float)) and math.isfinite(n) and n > 0 else 1
+    return std / math.sqrt(n)
+
+
+def compare(base: pd.DataFrame, new: pd.DataFrame, *, z: float = 3.0, min_drop: float = 0.0,
+            memory_tolerance: float = 0.10) -> tuple[list[dict], list[str]]:
+    """(per-cell comparison rows, regression messages)."""
+    rows, regressions = [], []
+    for key, b in base.iterrows():
+        name = f"{b['method']} on {b['task']} seed {b['seed']} ({b['backbone']}, budget {b['budget']})"
+        if b["status"] != "ok":
+            continue
+        if key not in new.index:
+            regressions.append(f"{name}: missing from the new results")
+            rows.append({"cell": name, "verdict": "MISSING"})
+            continue
+        n = new.loc[key]
+        entry = {"cell": name, "base": b["reward_final"], "new": n["reward_final"]}
+        verdicts = []
+        if n["status"] != "ok":
+            verdicts.append(f"status {n['status']}")
+            regressions.append(f"{name}: status {n['status']} ({n.get('message', '')})")
+        else:
+            allowed = max(z * math.hypot(_se(b), _se(n)), min_drop)
+            drop = float(b["reward_final"]) - float(n["reward_final"])
+            entry.update(delta=-drop, allowed_drop=allowed)
+            if not math.isfinite(drop) or drop > allowed:
+                verdicts.append("reward drop")
+                regressions.append(f"{name}: final reward {b['reward_final']:.5g} -> {n['reward_final']:.5g} "
+                                   f"(drop {drop:.3g} > allowed {allowed:.3g} = {z:g}·√(se_base²+se_new²))")
+            mb, mn = float(b["peak_mem_mb"]), float(n["peak_mem_mb"])
+            entry.update(mem_base=mb, mem_new=mn)
+            if math.isfinite(mb) and math.isfinite(mn) and mn > mb * (1 + memory_tolerance):
+                verdicts.append("memory")
+                regressions.append(f"{name}: peak memory {mb:.0f} MB -> {mn:.0f} MB (+{100 * (mn / mb - 1):.1f}% > "
+                                   f"{100 * memory_tolerance:.0f}%)")
+        entry["verdict"] = ", ".join(verdicts).upper() if verdicts else "ok"
+        rows.append(entry)
+    for key in new.index.difference(base.index):
+        n = new.loc[key]
+        rows.append({"cell": f"{n['method']} on {n['task']} seed {n['seed']}", "new": n["reward_final"],
+                     "verdict": "new cell"})
+    return rows, regressions
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from bench.cli import _Parser
+
+    parser = _Parser(prog="python -m bench compare", description=__doc__,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("base")
+    parser.add_argument("new")
+    parser.add_argument("--z", type=float, default=3.0, help="allowed drop in standard errors (default 3)")
+    parser.add_argument("--min-drop", type=float, default=0.0, help="a drop below this never fails (default 0)")
+    parser.add_argument("--memory-tolerance", type=float, default=0.10, help="allowed peak-memory growth (0.10)")
+    args = parser.parse_args(argv)
+    from bench.cli import UsageError
+
+    if args.z < 0 or args.min_drop < 0 or args.memory_tolerance < 0:
+        raise UsageError("compare: --z, --min-drop and --memory-tolerance must be >= 0")
+    rows, regressions = compare(_load(args.base), _load(args.new), z=args.z, min_drop=args.min_drop,
+                                memory_tolerance=args.memory_tolerance)
+
+    def f(x, d=5):
+        return f"{x:.{d}g}" if isinstance(x, float) and math.isfinite(x) else ("–" if x is None or (
+            isinstance(x, float)) else str(x))
+
+    print(f"{'cell':<60} {'base':>10} {'new':>10} {'delta':>10} {'allowed':>9} {'mem MB':>15}  verdict")
+    for r in rows:
+        mem = f"{f(r.get('mem_base'), 4)}→{f(r.get('mem_new'), 4)}" if "mem_base" in r else ""
+        print(f"{r['cell'][:60]:<60} {f(r.get('base')):>10} {f(r.get('new')):>10} {f(r.get('delta'), 3):>10} "
+              f"{f(r.get('allowed_drop'), 3):>9} {mem:>15}  {r['verdict']}")
+    if regressions:
+        print(f"\n{len(regressions)} regression(s):")
+        for msg in regressions:
+            print(f"  - {msg}")
+        return 1
+    print(f"\nno regression ({sum(r['verdict'] == 'ok' for r in rows)} cells compared)")
+    return 0
