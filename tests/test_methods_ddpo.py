@@ -1,0 +1,142 @@
+"""DDPO: stored log-probs re-score exactly, the PPO clip cuts gradient where it should, the per-prompt tracker,
+a non-differentiable reward, and the log-prob against an independent Gaussian computed through diffusers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+import methods
+import rewards
+from methods.ddpo import ppo_clipped_loss
+from methods.ddpo_stats import PerPromptStatTracker
+from methods_testkit import CountingReward, lora_and_frozen, spy, tiny_backbone, one_thread  # noqa: F401  (autouse)
+
+PROMPTS = ["a red circle", "a blue square", "a green triangle"]
+
+
+def test_stored_transitions_rescore_exactly_before_any_update():
+    """Ratio exactly 1 before the first update: same eta, same guidance, each x_t paired with its own x_{t−1} and its
+    own prompt. A wrong guidance or a prompt shifted by one row must be visible at this precision."""
+    backbone = tiny_backbone()
+    m = methods.create("ddpo", backbone, CountingReward(), num_steps=5, guidance_scale=5.0, eta=1.0)
+    cond, traj, old, _ = m.collect(PROMPTS)
+    rows = torch.arange(len(PROMPTS))
+    for i in range(5):  # the sampling batch's composition: bit-identical
+        new = m.transition_log_probs(traj, cond, rows, torch.full((3,), i))
+        assert torch.equal(new.detach(), old[:, i])
+    shuffled = torch.tensor([4, 0, 2])  # rows at different steps (the PPO loop's layout): equal to float rounding
+    new = m.transition_log_probs(traj, cond, rows, shuffled)
+    assert (new.detach() - old[rows, shuffled]).abs().max() < 1e-6
+    # the classic mistakes, for scale: guidance off when re-scoring, and prompts paired with the wrong images
+    m.config.guidance_scale = 1.0
+    assert (m.transition_log_probs(traj, cond, rows, shuffled).detach() - old[rows, shuffled]).abs().max() > 1e-3
+    m.config.guidance_scale = 5.0
+    rolled = cond.index(torch.tensor([1, 2, 0]))
+    assert (m.transition_log_probs(traj, rolled, rows, shuffled).detach() - old[rows, shuffled]).abs().max() > 1e-3
+
+
+def test_ppo_loop_sees_ratio_one_before_its_update():
+    """In step() itself (one minibatch: every term is computed before the optimiser step): no term is clipped and the
+    approximate KL is at float rounding."""
+    m = methods.create("ddpo", tiny_backbone(), CountingReward(), num_steps=4, guidance_scale=5.0, minibatch_size=8)
+    out = m.step(PROMPTS)
+    assert out["optimizer_steps"] == 1 and out["ppo_terms"] == 4
+    assert out["clipfrac"] == 0.0
+    assert out["approx_kl"] < 1e-12
+
+
+def test_clipped_objective_gradient_is_zero_outside_the_clip_range_in_the_advantage_direction():
+    eps = 0.1
+    old = torch.zeros(6)
+    log_ratio = torch.log(torch.tensor([1.5, 0.5, 0.5, 1.5, 1.05, 0.95]))
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    new = log_ratio.clone().requires_grad_(True)
+    loss, info = ppo_clipped_loss(new, old, adv, eps)
+    loss.backward()
+    g = new.grad
+    # ρ > 1+ε with A > 0, ρ < 1−ε with A < 0: the clipped branch wins, constant in θ
+    assert g[0] == 0 and g[1] == 0
+    # ρ outside the range *against* the advantage's direction, and ρ inside: the unclipped term, d/dlogρ = −A·ρ/N
+    ratio = log_ratio.exp()
+    for k in (2, 3, 4, 5):
+        assert g[k] == pytest.approx(float(-adv[k] * ratio[k] / 6), rel=1e-6)
+    expected = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps)).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-6)
+    assert float(info["clipfrac"]) == pytest.approx(4 / 6)
+
+
+def test_per_prompt_tracker_normalises_per_prompt_and_falls_back_below_min_count():
+    tracker = PerPromptStatTracker(buffer_size=4, min_count=3)
+    prompts = ["a", "a", "b", "b"]
+    r1 = torch.tensor([1.0, 3.0, 10.0, 30.0])
+    adv = tracker.update(prompts, r1)
+    batch_mean, batch_std = r1.mean(), r1.std(unbiased=False)
+    assert torch.allclose(adv, (r1 - batch_mean) / (batch_std + 1e-6))  # 2 < min_count: batch statistics
+    r2 = torch.tensor([2.0, 4.0, 20.0, 40.0])
+    adv = tracker.update(prompts, r2)  # 4 rewards per prompt now: each prompt its own buffer
+    a_buf, b_buf = torch.tensor([1.0, 3.0, 2.0, 4.0]), torch.tensor([10.0, 30.0, 20.0, 40.0])
+    assert torch.allclose(adv[:2], (r2[:2] - a_buf.mean()) / (a_buf.std(unbiased=False) + 1e-6))
+    assert torch.allclose(adv[2:], (r2[2:] - b_buf.mean()) / (b_buf.std(unbiased=False) + 1e-6))
+    # a new prompt in the same batch still falls back to the batch's statistics
+    r3 = torch.tensor([5.0, 7.0])
+    adv = tracker.update(["a", "c"], r3)
+    a_buf = torch.tensor([3.0, 2.0, 4.0, 5.0])  # the buffer keeps the 4 most recent
+    assert adv[0] == pytest.approx(float((5.0 - a_buf.mean()) / (a_buf.std(unbiased=False) + 1e-6)), rel=1e-5)
+    assert adv[1] == pytest.approx(float((7.0 - r3.mean()) / (r3.std(unbiased=False) + 1e-6)), rel=1e-5)
+    assert tracker.stats() == {"tracked_prompts": 3, "prompts_with_own_stats": 2}
+
+
+def test_non_differentiable_reward_trains_lora_only():
+    """The real JPEG file size (PIL encode, no gradient) drives DDPO; only LoRA weights move."""
+    backbone = tiny_backbone()
+    reward = rewards.create("jpeg-compressibility")
+    assert not reward.differentiable
+    m = methods.create("ddpo", backbone, reward, num_steps=4, guidance_scale=5.0)
+    lora, frozen = lora_and_frozen(backbone)
+    before_lora = {n: p.detach().clone() for n, p in lora.items()}
+    before_frozen = {n: p.detach().clone() for n, p in frozen.items()}
+    out = m.step(PROMPTS)
+    assert out["grad_norm"] > 0 and math.isfinite(out["loss"])
+    assert any(not torch.equal(p, before_lora[n]) for n, p in lora.items())
+    assert all(torch.equal(p, before_frozen[n]) for n, p in frozen.items())
+    assert out["samples"] == 3 and out["reward_queries"] == 3
+
+
+def test_log_prob_matches_an_independent_gaussian_through_diffusers():
+    """log N(x_{t−1}; μ, σ²), mean over pixels, with μ from diffusers' DDIMScheduler.step (eta = 1, zero variance
+    noise) and σ from its own variance formula, on the guided outputs the chain actually used."""
+    backbone = tiny_backbone()
+    reward = CountingReward()
+    m = methods.create("ddpo", backbone, reward, num_steps=4, guidance_scale=5.0, eta=1.0)
+    with spy(backbone, reward) as calls:
+        _, traj, stored, _ = m.collect(PROMPTS[:2])
+    ref = DDIMScheduler.from_config(backbone.scheduler.config)
+    ref.set_timesteps(4)
+    for i, (t, call) in enumerate(zip(ref.timesteps, calls)):
+        assert call.timestep == int(t)
+        mean = ref.step(call.output, t, traj[:, i], eta=1.0, variance_noise=torch.zeros_like(call.output)).prev_sample
+        prev_t = int(t) - ref.config.num_train_timesteps // 4
+        std = ref._get_variance(t, torch.tensor(prev_t)).sqrt()
+        direct = torch.distributions.Normal(mean.double(), std.double()).log_prob(traj[:, i + 1].double())
+        assert torch.allclose(stored[:, i].double(), direct.mean(dim=(1, 2, 3)), atol=1e-4, rtol=1e-5)
+
+
+def test_zero_sigma_steps_are_excluded_from_ppo_terms():
+    """DDPM's last transition is deterministic (σ = 0, log-density 0/0): it is never a PPO term."""
+    m = methods.create("ddpo", tiny_backbone(), CountingReward(), num_steps=4, guidance_scale=1.0, sampler="ddpm")
+    assert m.trainable_indices.tolist() == [0, 1, 2]
+    out = m.step(PROMPTS[:2])
+    assert out["ppo_terms"] == 3 and math.isfinite(out["loss"]) and math.isfinite(out["grad_norm"])
+
+
+def test_inner_epochs_and_minibatches_take_several_optimizer_steps_and_count_samples_once():
+    reward = CountingReward()
+    m = methods.create("ddpo", tiny_backbone(), reward, num_steps=4, guidance_scale=1.0, inner_epochs=2,
+                       minibatch_size=2, timestep_fraction=0.5)
+    out = m.step(PROMPTS)
+    assert out["optimizer_steps"] == 4  # 2 epochs × ceil(3 / 2)
+    assert out["ppo_terms"] == 4 * 2     # each minibatch: ⌊0.5 · 4⌋ trained positions
+    assert out["samples"] == 3 and out["reward_queries"] == 3 == reward.queries
