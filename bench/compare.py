@@ -21,6 +21,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from bench.results import read_csv
+
 KEY = ["backbone", "method", "task", "seed", "protocol", "budget"]
 NEEDED = KEY + ["status", "reward_final"]
 
@@ -32,7 +34,7 @@ def _load(path: str) -> pd.DataFrame:
     if not p.exists():
         raise UsageError(f"compare: {p} not found")
     try:
-        df = pd.read_csv(p)
+        df = read_csv(p)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise UsageError(f"compare: {p} is not a readable CSV ({str(err).splitlines()[0]})") from None
     missing = [c for c in NEEDED if c not in df]
@@ -46,10 +48,10 @@ def _load(path: str) -> pd.DataFrame:
 
 
 def _se(row) -> float:
-    std, n = row.get("reward_final_std", math.nan), row.get("eval_images", math.nan)
-    if not (isinstance(std, float) and math.isfinite(std)):
+    std, n = float(row.get("reward_final_std", math.nan)), float(row.get("eval_images", math.nan))
+    if not math.isfinite(std):
         return 0.0
-    n = n if isinstance(n, (int, float)) and math.isfinite(n) and n > 0 else 1
+    n = n if math.isfinite(n) and n > 0 else 1.0
     return std / math.sqrt(n)
 
 

@@ -1,0 +1,42 @@
+"""A grid plugin for the harness tests (``--plugins harness_plugin``): small tiny-backbone tasks, a reward that
+returns NaN and a reward that raises. Imported in the grid process and thereby in every forked cell."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+from bench import tasks
+from rewards.base import Reward, register
+
+_DIR = Path(tempfile.gettempdir()) / "bench_harness_plugin_prompts"
+_DIR.mkdir(exist_ok=True)
+(_DIR / "train.txt").write_text("a photo of a cat\na photo of a dog\na photo of a bird\na photo of a fish\n")
+(_DIR / "eval.txt").write_text("a photo of an owl\na photo of a crab\n")
+
+
+class NaNReward(Reward):
+    name = "test-nan"
+    differentiable = True
+
+    def score(self, images, prompts):
+        return images.mean(dim=(1, 2, 3)) * float("nan")
+
+
+class RaisingReward(Reward):
+    name = "test-raise"
+    differentiable = True
+
+    def score(self, images, prompts):
+        raise RuntimeError("this reward always fails (test)")
+
+
+register("test-nan", "test: returns NaN")(lambda **kw: NaNReward())
+register("test-raise", "test: raises")(lambda **kw: RaisingReward())
+
+for name, reward in [("test-tiny", "jpeg-compressibility-surrogate"), ("test-nan", "test-nan"),
+                     ("test-raise", "test-raise")]:
+    tasks.register(tasks.Task(name=name, reward=reward, train_prompts=str(_DIR / "train.txt"),
+                              eval_prompts=str(_DIR / "eval.txt"), backbone="tiny", suite="test",
+                              description=f"test task ({reward})"))

@@ -1,0 +1,170 @@
+"""The grid runner under faults: kill -9 then rerun, Ctrl-C, NaN, a raising cell, resume, shards, bad input.
+
+Each test runs ``python -m bench run --grid`` in a subprocess on the ``tiny`` backbone with a 2-sample budget and
+3 sampling steps; the tasks and failing rewards come from ``tests/harness_plugin.py`` (``--plugins``).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.results import read_csv
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def grid_cmd(results: Path, methods: str, tasks: str = "test-tiny", *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bench", "run", "--grid", "--preset", "ci", "--backbone", "tiny",
+            "--plugins", "harness_plugin", "--tasks", tasks, "--methods", methods, "--budget", "2",
+            "--batch-size", "2", "--num-steps", "3", "--eval-every", "2", "--jobs", "1",
+            "--results-dir", str(results), *extra]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), e.get("PYTHONPATH", "")])
+    return e
+
+
+def run(cmd, timeout=240) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+
+
+def start(cmd) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if path.exists():
+            try:
+                if len(read_csv(path)) >= n:
+                    return
+            except (pd.errors.EmptyDataError, pd.errors.ParserError):
+                pytest.fail(f"{path} was unreadable while the grid ran")
+        if proc.poll() is not None:
+            pytest.fail(f"grid exited early:\n{proc.stdout.read()}")
+        time.sleep(0.2)
+    pytest.fail(f"no {n} rows in {path} after {timeout}s")
+
+
+def assert_consistent(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both CSVs parse, every row is complete, no cell appears twice, no temporary file is left behind."""
+    cells, curves = read_csv(out / "cells.csv"), read_csv(out / "curves.csv")
+    assert not cells["cell_id"].duplicated().any()
+    assert not curves[["cell_id", "samples"]].duplicated().any()
+    ok = cells[cells["status"] == "ok"]
+    assert ok[["reward_initial", "reward_final", "peak_mem_mb", "samples"]].notna().all().all()
+    assert set(ok["cell_id"]) <= set(curves["cell_id"])  # a row exists only after its curve was written
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")], "temporary files left behind"
+    return cells, curves
+
+
+def test_kill9_then_rerun_skips_finished_cells_without_duplicates(tmp_path):
+    """kill -9 of the whole grid mid-run, then the same command: finished cells are not rerun (their rows are
+    byte-identical, wall_s included), every cell ends with exactly one complete row."""
+    cmd = grid_cmd(tmp_path, "draft-1,draft-k")
+    out = tmp_path / "ci"
+    proc = start(cmd)
+    wait_for_rows(out / "cells.csv", 1, proc)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before, _ = assert_consistent(out)
+    assert len(before) == 1, "the kill should land mid-grid"
+    result = run(cmd)
+    assert result.returncode == 0, result.stderr
+    assert "already finished" in result.stderr
+    after, curves = assert_consistent(out)
+    assert len(after) == 2 and set(after["status"]) == {"ok"}
+    kept = after.set_index("cell_id").loc[before["cell_id"]]
+    assert (kept["wall_s"].values == before["wall_s"].values).all(), "a finished cell was rerun"
+    assert curves.groupby("cell_id").size().eq(2).all()  # evaluations at 0 and 2 samples, once each
+
+
+def test_sigint_leaves_files_consistent_and_resumable(tmp_path):
+    cmd = grid_cmd(tmp_path, "draft-1,draft-k")
+    out = tmp_path / "ci"
+    proc = start(cmd)
+    wait_for_rows(out / "cells.csv", 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    output = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, output
+    assert "resume" in output
+    cells, _ = assert_consistent(out)
+    assert set(cells["status"]) == {"ok"}  # an interrupted cell writes no row
+    result = run(cmd)
+    assert result.returncode == 0, result.stderr
+    assert len(assert_consistent(out)[0]) == 2
+
+
+def test_nan_and_raising_cells_are_recorded_and_the_grid_goes_on(tmp_path):
+    result = run(grid_cmd(tmp_path, "draft-1", "test-nan,test-raise,test-tiny"))
+    assert result.returncode == 1  # not every cell is ok
+    cells, _ = assert_consistent(tmp_path / "ci")
+    status = dict(zip(cells["task"], cells["status"]))
+    assert status == {"test-nan": "nan", "test-raise": "error", "test-tiny": "ok"}
+    nan_row = cells[cells["task"] == "test-nan"].iloc[0]
+    assert nan_row["samples"] == 2 and "non-finite loss at optimiser step 1" in nan_row["message"]
+    err = cells[cells["task"] == "test-raise"].iloc[0]["message"]
+    assert err == "RuntimeError: this reward always fails (test)"
+    log = next((tmp_path / "ci" / "cells").glob("*test-raise*")) / "log.txt"
+    assert "Traceback" in log.read_text()  # the traceback goes to the cell's log, not the table
+    # resume: the nan cell is finished (not rerun); the error cell is tried again
+    again = run(grid_cmd(tmp_path, "draft-1", "test-nan,test-raise,test-tiny"))
+    assert "2 of 3 cells already finished" in again.stderr
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["run", "--grid", "--methods", "no-such-method"], "unknown method 'no-such-method'"),
+    (["run", "--grid", "--tasks", "no-such-task"], "unknown task 'no-such-task'"),
+    (["run", "--grid", "--preset", "nope"], "unknown preset 'nope'"),
+    (["run", "--grid", "--shard", "2/2"], "--shard expects i/n"),
+    (["run", "--grid", "--budget", "0"], "--budget must be >= 1"),
+    (["run", "--grid", "--seeds", "x"], "--seeds expects"),
+    (["run", "--grid", "--jobs", "0"], "--jobs must be >= 1"),
+    (["leaderboard", "/no/such/dir"], "not found"),
+    (["compare", "/no/a.csv", "/no/b.csv"], "not found"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, text, capsys):
+    from bench.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert text in err and len(err.splitlines()) == 1
+
+
+def test_shards_are_disjoint_and_cover_the_grid():
+    from bench import grid, presets
+    from bench.cli import _load_plugins
+
+    _load_plugins()
+    specs, _ = grid.plan(presets.get("paper"), backbone="tiny", tasks="shapes-compressibility", device="cpu")
+    ids = [s.cell_id for s in specs]
+    assert len(set(ids)) == len(ids)  # deterministic, distinct identities
+    shards = [{s.cell_id for s in grid.shard(specs, i, 3)} for i in range(3)]
+    assert set.union(*shards) == set(ids) and sum(map(len, shards)) == len(ids)
+    again, _ = grid.plan(presets.get("paper"), backbone="tiny", tasks="shapes-compressibility", device="cpu")
+    assert [s.cell_id for s in again] == ids
+
+
+def test_unregistered_methods_are_skipped_with_a_note(monkeypatch):
+    import methods
+    from bench import grid, presets
+    from bench.cli import _load_plugins
+
+    _load_plugins()
+    real = methods.available
+    monkeypatch.setattr(methods, "available", lambda pattern="*": [m for m in real(pattern) if m != "drtune"])
+    specs, notes = grid.plan(presets.get("quick"), backbone="tiny", tasks="shapes-compressibility", device="cpu")
+    assert "drtune" not in {s.method for s in specs}
+    assert any("drtune is not registered" in n for n in notes)

@@ -1,0 +1,116 @@
+"""Metrics, compare's regression rule, tasks and presets as data, and the leaderboard built from CSVs."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from bench import metrics
+
+
+def test_mean_ci95_is_the_student_t_interval():
+    mean, half = metrics.mean_ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0 and half == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)
+    assert metrics.mean_ci95([5.0]) == (5.0, 0.0)
+    assert metrics.mean_ci95([1.0, float("nan"), 3.0])[0] == 2.0  # NaN cells do not poison the mean
+
+
+def test_samples_to_threshold_and_grid_interpolation():
+    assert metrics.samples_to_threshold([0, 8, 16, 24], [0.0, 0.4, 0.6, 0.9], 0.5) == 16
+    assert math.isnan(metrics.samples_to_threshold([0, 8], [0.0, 0.1], 0.5))
+    # a method evaluated at 0, 12, 24 read at the common grid 0, 8, 16, 24
+    v = metrics.on_grid([0, 12, 24], [0.0, 1.2, 2.4], [0, 8, 16, 24, 32])
+    assert v[:4] == pytest.approx([0.0, 0.8, 1.6, 2.4]) and math.isnan(v[4])
+
+
+def test_diversity_is_zero_for_identical_images_and_grows_with_spread():
+    same = torch.ones(4, 8).repeat(1, 1)
+    assert metrics.pairwise_diversity(same, ["a", "a", "b", "b"]) == pytest.approx(0.0, abs=1e-6)
+    spread = torch.eye(4)
+    assert metrics.pairwise_diversity(spread, ["a", "a", "b", "b"]) == pytest.approx(1.0)
+    assert math.isnan(metrics.pairwise_diversity(spread, ["a", "b", "c", "d"]))  # one image per prompt: undefined
+
+
+def _cells(**over):
+    row = dict(cell_id="c1", backbone="shapes", method="draft-1", task="t", seed=0, protocol="shared", budget=32,
+               status="ok", reward_final=1.0, reward_final_std=0.4, eval_images=16, peak_mem_mb=1000.0)
+    row.update(over)
+    return pd.DataFrame([row])
+
+
+@pytest.mark.parametrize("new, regressed", [
+    (dict(reward_final=0.71), False),   # drop 0.29 < 3·√(0.1²+0.1²) = 0.424
+    (dict(reward_final=0.55), True),    # drop 0.45 > 0.424
+    (dict(peak_mem_mb=1099.0), False),  # +9.9%
+    (dict(peak_mem_mb=1101.0), True),   # +10.1%
+    (dict(status="nan", reward_final=float("nan")), True),
+    (dict(status="crashed"), True),
+])
+def test_compare_rule(tmp_path, new, regressed):
+    from bench.cli import main
+
+    base, after = tmp_path / "base.csv", tmp_path / "new.csv"
+    _cells().to_csv(base, index=False)
+    _cells(**new).to_csv(after, index=False)
+    assert main(["compare", str(base), str(after)]) == (1 if regressed else 0)
+
+
+def test_compare_flags_a_missing_cell_and_rejects_a_non_cells_file(tmp_path, capsys):
+    from bench.cli import main
+
+    base, after, junk = tmp_path / "base.csv", tmp_path / "new.csv", tmp_path / "junk.csv"
+    _cells().to_csv(base, index=False)
+    _cells(method="ddpo").to_csv(after, index=False)
+    assert main(["compare", str(base), str(after)]) == 1
+    junk.write_text("a,b\n1,2\n")
+    assert main(["compare", str(base), str(junk)]) == 2
+    assert "lacks column" in capsys.readouterr().err
+
+
+def test_every_task_loads_with_disjoint_train_and_eval_prompts():
+    from bench import presets, tasks
+
+    names = tasks.available()
+    for required in presets.TESTBED_TASKS + presets.REAL_TASKS:
+        assert required in names
+    for name in names:
+        kw = tasks.get(name).cell_kwargs()
+        assert kw["train_prompts"] and kw["eval_prompts"]
+        assert not set(kw["train_prompts"]) & set(kw["eval_prompts"]), f"{name}: eval prompts seen in training"
+
+
+def test_presets_share_one_protocol_and_the_paper_preset_has_three_seeds():
+    from bench import presets
+
+    quick = presets.get("quick")
+    assert set(quick.methods) == set(presets.ALL_METHODS) and set(quick.tasks) == set(presets.TESTBED_TASKS)
+    assert quick.budget % quick.eval_every == 0
+    assert len(presets.get("paper").seeds) >= 3
+    assert presets.get("systems").backbone == "sd15-random"
+    with pytest.raises(ValueError, match="unknown preset"):
+        presets.get("nope")
+
+
+def test_leaderboard_ranks_by_final_reward_with_intervals(tmp_path):
+    from bench import leaderboard
+
+    rows, curves = [], []
+    for method, finals in [("a", [1.0, 1.2, 1.1]), ("b", [2.0, 2.2, 2.1])]:
+        for seed, f in enumerate(finals):
+            cid = f"{method}{seed}"
+            rows.append(dict(cell_id=cid, backbone="tiny", method=method, task="t", seed=seed, protocol="shared",
+                             budget=8, status="ok", message="", eval_reward="r", reward_initial=0.0, reward_final=f,
+                             reward_final_std=0.1, reward_auc=f / 2, samples=8, reward_queries=8, peak_mem_mb=10.0,
+                             samples_per_s=1.0, s_per_step_sampling=0.1, s_per_step_reward=0.1,
+                             s_per_step_backward=0.1, diversity_final=0.2, **{"gold_final": -f}))
+            curves += [dict(cell_id=cid, samples=0, r_mean=0.0), dict(cell_id=cid, samples=8, r_mean=f)]
+    pd.DataFrame(rows).to_csv(tmp_path / "cells.csv", index=False)
+    pd.DataFrame(curves).to_csv(tmp_path / "curves.csv", index=False)
+    text = leaderboard.build(tmp_path)
+    table = [ln for ln in text.splitlines() if ln.startswith("| 1 ") or ln.startswith("| 2 ")]
+    assert "**b**" in table[0] and "2.1 ± 0.25" in table[0]  # t(0.975, 2)·0.1/√3 = 0.248
+    assert "gold" in text
+    assert (tmp_path / "plots" / "reward_vs_samples_t.png").exists()
+    assert (tmp_path / "plots" / "memory_vs_throughput.png").exists()
