@@ -131,9 +131,81 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
             for _, r in failed.iterrows():
                 lines.append(f"- {r['method']} seed {r['seed']}: **{r['status']}** — {r.get('message', '')}")
         lines.append("")
+    lines += claims(cells, curves)
     lines += ["Plots: `plots/reward_vs_samples_<task>.png` (mean and 95% band over seeds), "
               "`plots/memory_vs_throughput.png`.", ""]
     return "\n".join(lines)
+
+
+GRADIENT_METHODS = ("refl", "draft", "draft-k", "draft-1", "draft-lv", "alignprop", "drtune")
+
+
+def _mean_curve(cells: pd.DataFrame, curves: pd.DataFrame, method: str) -> tuple[np.ndarray, np.ndarray]:
+    g = cells[cells["method"] == method]
+    if g.empty or curves.empty:
+        return np.array([]), np.array([])
+    col = curve_column(g.iloc[0])
+    cc = curves[curves["cell_id"].isin(g["cell_id"])]
+    if col not in cc:
+        return np.array([]), np.array([])
+    grid = np.array(sorted(cc["samples"].unique()), float)
+    per_seed = np.stack([metrics.on_grid(c["samples"], c[col], grid) for _, c in cc.groupby("cell_id")])
+    return grid, np.nanmean(per_seed, axis=0)
+
+
+def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
+    """The papers' qualitative claims, checked on this suite's numbers (no claim is assumed)."""
+    ok = cells[cells["status"] == "ok"]
+    out = ["## The papers' claims, as measured here", "",
+           f"Seeds per cell: {sorted(ok.groupby(['task', 'method']).size().unique().tolist())}; with one seed and "
+           "a small budget these are indications, not evidence.", ""]
+    for task in sorted(ok["task"].unique()):
+        tc = ok[ok["task"] == task]
+        finals = tc.groupby("method")["reward_final"].mean()
+        budget = int(tc["budget"].max())
+        if "ddpo" in finals:
+            target = finals["ddpo"]
+            ddpo_initial = tc.loc[tc["method"] == "ddpo", "reward_initial"].mean()
+            gains = []
+            for m in [m for m in GRADIENT_METHODS if m in finals]:
+                grid, mean = _mean_curve(tc, curves, m)
+                s = metrics.samples_to_threshold(grid, mean, target) if len(grid) else math.nan
+                gains.append(f"{m} {'never' if math.isnan(s) else int(s)}")
+            out.append(f"- {task}: samples to reach DDPO's final reward {target:.4g} (DDPO used {budget}; the claim "
+                       f"needs ≤ {budget // 10}): " + ", ".join(gains) + (
+                "" if target > ddpo_initial else " — DDPO did not improve on its initial reward, so this is "
+                "not a test of the claim"))
+        if "draft-lv" in finals and "draft-1" in finals:
+            grid, mean = _mean_curve(tc, curves, "draft-lv")
+            s = metrics.samples_to_threshold(grid, mean, finals["draft-1"]) if len(grid) else math.nan
+            out.append(f"- {task}: DRaFT-LV reaches DRaFT-1's final {finals['draft-1']:.4g} after "
+                       f"{'never' if math.isnan(s) else int(s)} of {budget} samples")
+    trunc = [m for m in ("draft-1", "draft-k") if m in ok["method"].unique()]
+    if "draft" in cells["method"].unique() and trunc:
+        def spread(m):
+            g = cells[cells["method"] == m]
+            fails = int((g["status"] != "ok").sum())
+            drops = []
+            for _, r in g[g["status"] == "ok"].iterrows():
+                c = curves[curves["cell_id"] == r["cell_id"]].sort_values("samples")
+                col = curve_column(r)
+                if col in c and len(c) > 1:
+                    drops.append(float(np.max(np.maximum.accumulate(c[col].values) - c[col].values)))
+            return fails, (float(np.mean(drops)) if drops else math.nan)
+        parts = []
+        for m in ["draft"] + trunc:
+            f, d = spread(m)
+            parts.append(f"{m}: {f} failed cells, mean largest drop below its running best {d:.3g}")
+        out.append("- stability (full backprop vs truncated): " + "; ".join(parts))
+    gold_col = next((c for c in cells.columns if c.startswith("shapes-gold-aesthetic") and c.endswith("_final")), None)
+    if gold_col:
+        init_col = gold_col.replace("_final", "_initial")
+        ga = ok[ok[gold_col].notna()]
+        for m, g in ga.groupby("method"):
+            out.append(f"- over-optimisation, {m}: proxy {g['reward_initial'].mean():.4g} → {g['reward_final'].mean():.4g}, "
+                       f"gold {g[init_col].mean():.4g} → {g[gold_col].mean():.4g}")
+    out.append("")
+    return out
 
 
 def build(out_dir: str | Path, plots: bool = True) -> str:

@@ -53,7 +53,7 @@ DDPO_ETA = {"ddpo": {"eta": 1.0}}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("quick", "every method × every testbed task on shapes, 1 seed, 32 samples: the default of --grid",
-           ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0], budget=32, batch_size=4, eval_every=8,
+           ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0], budget=32, batch_size=4, eval_every=16,
            protocol=TESTBED_PROTOCOL, method_overrides=DDPO_ETA, device="cpu", jobs=2,
            expected_time="≤ 15 min on 2 CPU cores"),
     Preset("ci", "regression subset: 4 methods × 2 testbed tasks, 16 samples (compared with results/ci/baseline.csv)",
