@@ -74,6 +74,9 @@ class CellSpec:
     #: reward whose image tower embeds evaluation images for the diversity metric (default: the first eval reward
     #: that has one, else pixels); does not change training, so it is not part of the cell's identity
     diversity_reward: str | None = None
+    #: fingerprint of local weights (e.g. the testbed's manifest): part of the identity, so retrained weights
+    #: make new cells instead of resuming old ones
+    weights_version: str | None = None
 
     def validate(self) -> None:
         if self.budget < 1:
@@ -306,7 +309,8 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "s_per_step_reward": totals.get("time_reward", 0.0) / max(n_steps, 1),
         "s_per_step_backward": totals.get("time_backward", 0.0) / max(n_steps, 1),
         "train_wall_s": round(train_time, 2), "wall_s": round(time.perf_counter() - start, 2),
-        "device": device_name(backbone.device), "dtype": spec.dtype, "versions": library_versions(),
+        "device": device_name(backbone.device), "dtype": spec.dtype,
+        "weights_version": spec.weights_version, "versions": library_versions(),
         "code_version": code_version(),
     }
     for name in list(eval_rewards)[1:]:

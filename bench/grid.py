@@ -105,6 +105,7 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
     dev = device or preset.device or _default_device()
     b = budget or preset.budget
     eval_every = min(preset.eval_every, b)
+    fingerprints: dict[tuple[str, str], str | None] = {}
     for t in usable_tasks:
         kw = tasks_mod.get(t).cell_kwargs()
         kw["backbone"] = backbone or preset.backbone or kw["backbone"]
@@ -120,7 +121,10 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
             settings.update(method_settings or {})
             _check_settings(m, settings, protocol)
             for seed in (seeds if seeds is not None else preset.seeds):
-                specs.append(CellSpec(
+                key = (kw["backbone"], kw["reward"])
+                if key not in fingerprints:
+                    fingerprints[key] = weights_version(*key)
+                specs.append(CellSpec(weights_version=fingerprints[key],
                     method=m, seed=seed, budget=b, batch_size=preset.batch_size, eval_every=eval_every,
                     eval_images_per_prompt=preset.eval_images_per_prompt,
                     eval_num_steps=(method_settings or {}).get("num_steps", preset.protocol.get("num_steps")),
@@ -150,6 +154,27 @@ def _check_settings(method: str, settings: dict[str, Any], protocol: str) -> Non
         config_cls(**merged).validate()
     except ValueError as err:
         raise GridError(f"{method}: {err}") from None
+
+
+def weights_version(backbone: str, reward: str) -> str | None:
+    """A fingerprint of the local weights a cell uses (the shapes testbed's manifest, which changes whenever a
+    testbed network is retrained), so a resumed grid never mixes cells trained on different weights."""
+    import hashlib
+
+    if backbone != "shapes" and not reward.startswith("shapes-"):
+        return None
+    try:
+        from bench.testbed import models
+    except ImportError:
+        return None
+    files = sorted(p for p in Path(models.WEIGHTS_DIR).rglob("*") if p.is_file())
+    if not files:
+        return None
+    digest = hashlib.sha1()
+    for path in files:
+        digest.update(str(path.relative_to(models.WEIGHTS_DIR)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def _default_device() -> str:
@@ -194,6 +219,7 @@ def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
     """Runs in the child: train and evaluate one cell, append its curve then its row, report progress."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     log_dir = spec.cell_dir()
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / "log.txt", "w", buffering=1)
@@ -208,6 +234,13 @@ def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
     from bench.cell import run_cell
 
     out = Path(spec.results_dir) / spec.suite
+    if spec.weights_version and weights_version(spec.backbone, spec.reward) != spec.weights_version:
+        append_rows(out / "cells.csv", [failure_row(spec, "error", "the local weights changed since the grid was "
+                                                    "planned; run the grid again")], key=["cell_id"])
+        events.put(("done", spec.cell_id, "error", None))
+        events.close()
+        events.join_thread()
+        os._exit(0)
 
     def progress(p):
         events.put(("progress", spec.cell_id, p["samples"], p["reward"]))
@@ -327,6 +360,8 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
                     _drain(events, results, console)
                     if cell_id not in results:
                         results.update(_row_status(out_dir, cell_id))
+                    if cell_id not in results and proc.exitcode == 130:  # Ctrl-C reached the cell: not finished
+                        raise KeyboardInterrupt
                     if cell_id not in results:  # died without writing its row: segfault, OOM kill, kill -9
                         code = proc.exitcode
                         why = f"cell process died (exit code {code}" + (
@@ -436,6 +471,11 @@ def run_from_args(args) -> int:
                   f"{specs[0].budget} samples, device {specs[0].device}, {jobs} at a time -> {out_dir}")
     started = time.time()
     interrupted = False
+
+    def _terminate(signum, frame):  # SIGTERM (job schedulers, `kill`) stops the grid like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
     summary: dict[str, Any] = {}
     try:
         summary = run_grid(specs, out_dir, jobs=jobs, resume=not args.no_resume, plugins=plugins, console=console)

@@ -41,7 +41,9 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return pd.DataFrame()
-    return pd.read_csv(path)
+    # only empty fields are missing values: a status of "nan" (a cell stopped by a NaN loss) stays the string "nan"
+    # (pandas' defaults would read it as a missing value and the next append would write it back empty)
+    return pd.read_csv(path, keep_default_na=False, na_values=[""])
 
 
 def append_rows(path: str | os.PathLike, rows: Iterable[dict], key: Sequence[str] | None = None) -> pd.DataFrame:
