@@ -29,6 +29,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     tr.add_argument("--max-minutes", type=float, default=None,
                     help="diffusion only: wall-time cap; the learning-rate schedule follows the cap")
     tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    tr.add_argument("--resume", action="store_true", help="diffusion only: continue from the committed weights")
+    tr.add_argument("--lr", type=float, default=None, help="diffusion only: peak learning rate (default 1e-3)")
     tr.add_argument("--out-dir", default=None, help="write weights here instead of bench/testbed/weights")
     g = sub.add_parser("gates", help="measure the quality gates on held-out captions, write gates.json")
     g.add_argument("--samples", type=int, default=256)
@@ -66,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         out_dir = Path(args.out_dir) if args.out_dir else None
         extra = {"max_minutes": args.max_minutes} if args.max_minutes else {}
+        if args.resume:
+            extra["resume"] = True
+        if args.lr:
+            extra["lr"] = args.lr
         train.run(args.part, args.steps, args.seed, argv[2:], out_dir=out_dir, record_manifest=out_dir is None,
                   **extra)
         return 0

@@ -58,12 +58,18 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 
 
 def shuffled(captions: list[str], rng: np.random.Generator) -> list[str]:
-    """A permutation of the captions in which no caption lands on an image whose own caption is the same text."""
-    for _ in range(1000):
-        perm = [captions[i] for i in rng.permutation(len(captions))]
-        if all(a != b for a, b in zip(perm, captions)):
+    """A permutation of the captions in which no image gets a caption with the same text as its own (a random
+    permutation, then swaps that remove each collision)."""
+    perm = [captions[i] for i in rng.permutation(len(captions))]
+    for _ in range(100):
+        bad = [i for i in range(len(perm)) if perm[i] == captions[i]]
+        if not bad:
             return perm
-    raise RuntimeError("no derangement found")  # pragma: no cover
+        for i in bad:
+            j = int(rng.integers(len(perm)))
+            if perm[j] != captions[i] and perm[i] != captions[j]:
+                perm[i], perm[j] = perm[j], perm[i]
+    raise RuntimeError("could not shuffle the captions without collisions")  # pragma: no cover
 
 
 def heldout_single_prompts(n: int) -> list[str]:

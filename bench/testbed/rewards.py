@@ -4,7 +4,8 @@
 name                       wrapper (rewards/)                   networks (bench/testbed/weights/)
 =========================  ===================================  ======================================================
 shapes-alignment           ClipScoreReward (PickScore, HPSv2)   the testbed CLIP: logit_scale · cos(image, its caption)
-shapes-aesthetic           AestheticReward (LAION v2)           the testbed CLIP image tower + MLP head fit to gold
+shapes-aesthetic           AestheticReward (LAION v2)           the testbed CLIP image tower's patch features + MLP
+                                                                head fit to the gold score
 shapes-classifier          ClassifierReward (ResNet-50 class)   ResNet shape classifier; ``target`` = circle/square/...
 shapes-detector            DetectionReward (OWL-ViT)            OWL-ViT presence of ``query`` ("red circle"), ``sign``
 shapes-gold-aesthetic      (this file; evaluation only)         none: the analytic score of ``gold.py``
@@ -19,7 +20,7 @@ from typing import Sequence
 import torch
 from safetensors.torch import load_file
 
-from rewards.aesthetic import AestheticMLP, AestheticReward
+from rewards.aesthetic import AestheticReward
 from rewards.base import Reward, RewardError, register
 from rewards.classifier import ClassifierReward
 from rewards.clip_score import ClipScoreReward
@@ -56,24 +57,24 @@ def _place(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
 def shapes_alignment(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ClipScoreReward:
     clip = _place(models.load_clip(), device, dtype)
     tokenizer = models.load_tokenizer(models.WEIGHTS_DIR / "clip")
-    scale = float(clip.logit_scale.exp().clamp(max=100))
+    scale = float(clip.logit_scale.detach().exp().clamp(max=100))
     return ClipScoreReward(HFImageEncoder(clip), HFTextEncoder(clip, tokenizer, max_length=models.MAX_LENGTH),
                            clip_pixels, scale, name="shapes-alignment")
 
 
-def load_aesthetic_head() -> AestheticMLP:
+def load_aesthetic_head() -> models.AestheticHead:
     folder = models.WEIGHTS_DIR / "aesthetic"
     models._check(folder / "head.safetensors", "aesthetic")
-    head = AestheticMLP(json.loads((folder / "config.json").read_text())["input_dim"])
+    head = models.AestheticHead(json.loads((folder / "config.json").read_text())["input_dim"])
     head.load_state_dict(load_file(folder / "head.safetensors"))
     return head.eval()
 
 
-@register("shapes-aesthetic", "shapes testbed: LAION-style MLP on the small CLIP, fit to the gold aesthetic (≈ 0–10)")
+@register("shapes-aesthetic", "shapes testbed: LAION-style MLP on the small CLIP's features, fit to the gold aesthetic (≈ 0–10)")
 def shapes_aesthetic(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AestheticReward:
     clip = _place(models.load_clip(), device, dtype)
     head = _place(load_aesthetic_head(), device, dtype)
-    return AestheticReward(HFImageEncoder(clip), head, clip_pixels, name="shapes-aesthetic")
+    return AestheticReward(models.CLIPPatchFeatures(clip), head, clip_pixels, name="shapes-aesthetic")
 
 
 @register("shapes-classifier", "shapes testbed: ResNet log p(target shape | image), target = circle/square/triangle")

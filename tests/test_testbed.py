@@ -1,0 +1,174 @@
+"""The shapes testbed: the world generator, the gold score, the committed weights and rewards, the training scripts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import bench.testbed  # noqa: F401  (registers the backbone and rewards)
+from bench.testbed import gold, models, train, world
+
+torch.set_num_threads(2)
+REWARDS = {"shapes-alignment": {}, "shapes-aesthetic": {}, "shapes-classifier": {"target": "square"},
+           "shapes-detector": {"query": "red circle"}, "shapes-detector-remove": {"query": "red circle", "sign": -1}}
+
+
+# ------------------------------------------------------------------------------------------------------------ world
+def test_generator_is_deterministic_per_seed():
+    a, sa = world.generate(16, seed=7)
+    b, sb = world.generate(16, seed=7)
+    c, _ = world.generate(16, seed=8)
+    assert torch.equal(a, b) and [s.caption for s in sa] == [s.caption for s in sb]
+    assert not torch.equal(a, c)
+    assert a.shape == (16, 3, world.RESOLUTION, world.RESOLUTION) and a.dtype == torch.uint8
+
+
+def test_world_has_the_promised_variety():
+    assert len(world.SHAPES) >= 3 and len(world.COLORS) >= 6
+    _, scenes = world.generate(400, seed=0)
+    assert {len(s.objects) for s in scenes} == {1, 2, 3}
+    radii = [o.radius for s in scenes for o in s.objects]
+    xs = [o.cx for s in scenes for o in s.objects]
+    assert max(radii) - min(radii) > 3 and max(xs) - min(xs) > 10
+
+
+def test_held_out_compositions_never_appear_in_training():
+    _, train_scenes = world.generate(1500, seed=1, split="train")
+    _, held_scenes = world.generate(300, seed=2, split="heldout")
+    train_caps = {s.caption for s in train_scenes}
+    held_caps = {s.caption for s in held_scenes}
+    assert held_caps and not (train_caps & held_caps)
+    assert not set(world.all_single_captions("heldout")) & set(world.all_single_captions("train"))
+    # every (colour, shape) pair is still seen in training singles: held out is a composition, not a word
+    seen = {tuple(world.parse_caption(c)[0][0]) for c in world.all_single_captions("train")}
+    assert seen == {(c, s) for c in world.COLOR_NAMES for s in world.SHAPES}
+
+
+def test_caption_grammar_round_trips():
+    cap = world.caption_of(["red circle", "blue square", "orange triangle"], "white")
+    assert cap == "a red circle, a blue square and an orange triangle on a white background"
+    assert world.parse_caption(cap) == ([("red", "circle"), ("blue", "square"), ("orange", "triangle")], "white")
+    ids, _ = models.tokenize(models.build_tokenizer(), [cap])
+    assert models.SPECIAL_TOKENS["unk"] not in models.build_tokenizer().convert_ids_to_tokens(ids[0])
+
+
+def test_rendered_colours_and_shapes_are_what_the_caption_says():
+    rng = np.random.default_rng(0)
+    scene = world.sample_scene(rng, objects=[("red", "square")], background="white")
+    img = world.render(scene).reshape(-1, 3)
+    counts = {tuple(c): n for c, n in zip(*np.unique(img, axis=0, return_counts=True))}
+    assert counts[world.BACKGROUNDS["white"]] > counts[world.COLORS["red"]] > 20
+
+
+# ------------------------------------------------------------------------------------------------------------- gold
+def _scene_image(cx, cy, r=5.0, shape="circle"):
+    scene = world.Scene((world.Obj("red", shape, cx, cy, r),), "white")
+    return world.to_float(torch.from_numpy(world.render(scene)).permute(2, 0, 1)[None])
+
+
+def test_gold_prefers_centred_symmetric_objects_and_penalises_texture():
+    centred, corner = _scene_image(12, 12), _scene_image(6, 6)
+    assert gold.gold_aesthetic(centred) > gold.gold_aesthetic(corner) + 1
+    noisy = (centred + 0.3 * torch.randn(centred.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    assert gold.gold_aesthetic(noisy) < gold.gold_aesthetic(centred) - 1
+    x, _ = world.generate(64, seed=3)
+    g = gold.gold_aesthetic(world.to_float(x))
+    assert g.shape == (64,) and g.std() > 0.5 and 0 <= g.min() and g.max() <= 10
+
+
+# ---------------------------------------------------------------------------------------- committed weights, rewards
+def test_registered_names():
+    from bench import backbones
+    from rewards import available
+
+    assert "shapes" in backbones.available()
+    for name in ("shapes-alignment", "shapes-aesthetic", "shapes-classifier", "shapes-detector",
+                 "shapes-gold-aesthetic"):
+        assert name in available()
+
+
+def test_committed_weights_reproduce_reference_outputs():
+    from safetensors.torch import load_file
+
+    from bench.testbed import reference
+
+    expected = load_file(str(reference.REFERENCE_FILE))
+    got = reference.compute()
+    assert set(got) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-4, atol=1e-4, msg=lambda m: f"{key}: {m}")
+
+
+def test_weights_are_small_and_documented():
+    import json
+
+    total = sum(p.stat().st_size for p in models.WEIGHTS_DIR.rglob("*") if p.is_file())
+    assert total <= 25 * 2**20
+    manifest = json.loads((models.WEIGHTS_DIR / "manifest.json").read_text())
+    for part in train.PARTS:
+        entry = manifest[part]
+        assert entry["command"].startswith("python -m bench testbed train " + part)
+        assert {"seed", "steps", "wall_time_s", "final_losses"} <= set(entry)
+
+
+@pytest.mark.parametrize("name", sorted(REWARDS))
+def test_every_testbed_reward_is_differentiable_wrt_pixels(name):
+    from rewards import create
+
+    kw = dict(REWARDS[name])
+    reward = create(name.replace("-remove", ""), **kw)
+    assert reward.differentiable
+    x, scenes = world.generate(3, seed=5)
+    pixels = world.to_float(x).requires_grad_(True)
+    scores = reward(pixels, [s.caption for s in scenes])
+    assert scores.shape == (3,) and torch.isfinite(scores).all()
+    scores.sum().backward()
+    assert pixels.grad is not None and torch.isfinite(pixels.grad).all() and pixels.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in reward.parameters())
+
+
+def test_detector_sign_flips_the_score():
+    from rewards import create
+
+    x, scenes = world.generate(2, seed=6)
+    caps = [s.caption for s in scenes]
+    add, remove = create("shapes-detector", query="red circle"), create("shapes-detector", query="red circle", sign=-1)
+    torch.testing.assert_close(add(world.to_float(x), caps), -remove(world.to_float(x), caps))
+
+
+def test_gold_reward_is_evaluation_only():
+    from rewards import create
+
+    reward = create("shapes-gold-aesthetic")
+    assert not reward.differentiable
+    x, scenes = world.generate(2, seed=6)
+    torch.testing.assert_close(reward(world.to_float(x), [s.caption for s in scenes]),
+                               gold.gold_aesthetic(world.to_float(x)))
+
+
+def test_backbone_samples_images_and_grid(tmp_path):
+    from bench.testbed import generate_images, sample_grid, shapes_backbone
+
+    backbone = shapes_backbone(lora_rank=4)
+    assert backbone.trainable_parameters() and backbone.latent_shape(2) == (2, 3, 24, 24)
+    imgs = generate_images(backbone, ["a red circle on a white background"] * 2, num_steps=4)
+    assert imgs.shape == (2, 3, 24, 24) and 0 <= imgs.min() and imgs.max() <= 1
+    path = sample_grid(backbone, ["a red circle on a white background"], tmp_path / "grid.png", num_per_prompt=2,
+                       num_steps=2)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------- training smoke tests
+@pytest.mark.parametrize("part,steps,kw", [
+    ("diffusion", 20, {"batch_size": 4}),
+    ("clip", 25, {"batch_size": 32}),
+    ("aesthetic", 40, {"num_images": 256, "batch_size": 64, "clip_dir": models.WEIGHTS_DIR / "clip"}),
+    ("classifier", 25, {"batch_size": 32}),
+    ("detector", 25, {"batch_size": 16}),
+])
+def test_a_few_training_steps_lower_the_loss(part, steps, kw, tmp_path):
+    history: list[float] = []
+    train.TRAINERS[part](steps, 0, tmp_path, history=history, **kw)
+    assert len(history) == steps
+    k = max(3, steps // 5)
+    assert np.mean(history[-k:]) < np.mean(history[:k]), history
