@@ -38,6 +38,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--out", default=None, help="default: bench/testbed/weights/gates.json")
+    g.add_argument("--sweep", action="store_true", help="only sweep the guidance scale on training captions")
     s = sub.add_parser("sample", help="write a PNG grid of testbed samples")
     s.add_argument("--prompt", action="append", required=True)
     s.add_argument("--out", required=True)
@@ -76,9 +77,12 @@ def main(argv: list[str] | None = None) -> int:
                   **extra)
         return 0
     if args.testbed_command == "gates":
-        from .gates import run_gates
+        from .gates import guidance_sweep, run_gates
 
         torch.set_num_threads(args.threads)
+        if args.sweep:
+            guidance_sweep()
+            return 0
         results = run_gates(samples=args.samples, guidance_scale=args.guidance, seed=args.seed, out=args.out)
         return 0 if all(g["passed"] for g in results["gates"].values()) else 1
     if args.testbed_command == "sample":

@@ -77,6 +77,34 @@ def heldout_single_prompts(n: int) -> list[str]:
     return [captions[i % len(captions)] for i in range(n)]
 
 
+def single_object_accuracy(backbone, prompts: list[str], guidance_scale: float, seed: int = 0,
+                           classifier=None) -> tuple[float, float, torch.Tensor]:
+    """(shape accuracy by the classifier, colour accuracy by pixel statistics, images) for single-object prompts."""
+    from rewards import create
+
+    classifier = classifier or create("shapes-classifier", target="circle")
+    images = generate_images(backbone, prompts, seed=seed, guidance_scale=guidance_scale)
+    with torch.no_grad():
+        logits = classifier.model(classifier.preprocess(images))
+    want = [world.parse_caption(p)[0][0] for p in prompts]
+    shape = float(np.mean([SHAPES[int(i)] == s for i, (_, s) in zip(logits.argmax(1), want)]))
+    colour = float(np.mean([d == c for d, (c, _) in zip(dominant_color(images), want)]))
+    return shape, colour, images
+
+
+def guidance_sweep(values=(2.0, 3.0, 5.0, 7.5), repeats: int = 2, seed: int = 100) -> dict:
+    """Choose the default guidance on *training* captions (every training single-object caption, ``repeats`` times),
+    never on the held-out ones the gates use."""
+    backbone = shapes_backbone(lora_rank=None)
+    prompts = world.all_single_captions("train") * repeats
+    out = {}
+    for g in values:
+        shape, colour, _ = single_object_accuracy(backbone, prompts, g, seed=seed)
+        out[g] = {"shape": shape, "colour": colour}
+        print(f"guidance {g}: shape {shape:.3f} colour {colour:.3f} ({len(prompts)} training prompts)", flush=True)
+    return out
+
+
 def measure_speed(backbone, guidance_scale: float, repeats: int = 3) -> dict:
     prompts = heldout_single_prompts(16)
     generate_images(backbone, prompts, seed=0, guidance_scale=guidance_scale)  # warm-up (allocator, oneDNN)
@@ -112,13 +140,8 @@ def run_gates(samples: int = 256, guidance_scale: float | None = None, seed: int
     # 1-2. shape and colour of generated single-object held-out prompts
     t0 = time.time()
     prompts = heldout_single_prompts(samples)
-    images = generate_images(backbone, prompts, seed=seed, guidance_scale=guidance_scale)
-    with torch.no_grad():
-        logits = classifier.model(classifier.preprocess(images))
-    want = [world.parse_caption(p)[0][0] for p in prompts]
-    shape_ok = [SHAPES[int(i)] == s for i, (_, s) in zip(logits.argmax(1), want)]
-    colour_ok = [d == c for d, (c, _) in zip(dominant_color(images), want)]
-    measured["shape"], measured["colour"] = float(np.mean(shape_ok)), float(np.mean(colour_ok))
+    measured["shape"], measured["colour"], images = single_object_accuracy(backbone, prompts, guidance_scale, seed,
+                                                                           classifier)
     details["generated_single_gold_mean"] = float(gold_aesthetic(images).mean())
     log(f"generated {samples} single-object images in {time.time() - t0:.0f}s")
 

@@ -358,7 +358,9 @@ def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, 
         queries, target = detector_targets(scenes, rng, patch)
         ids, mask = models.tokenize(tokenizer, [q for qs in queries for q in qs])
         logits = model(input_ids=ids, attention_mask=mask, pixel_values=normalize(images, CLIP_MEAN, CLIP_STD)).logits
-        # positives are rare (a few patches of 36): weight them up so that presence is learned, not just absence
+        # per patch and query: does the queried coloured shape cover this patch. Positives are rare (a few patches
+        # of 36): weighted 4x. Tried and worse on held-out scenes: unweighted, 1200 steps (75% accuracy vs 82%);
+        # adding an image-level BCE on the max over patches (training collapsed to constant logits).
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(4.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
