@@ -167,7 +167,8 @@ def weights_version(backbone: str, reward: str) -> str | None:
         from bench.testbed import models
     except ImportError:
         return None
-    files = sorted(p for p in Path(models.WEIGHTS_DIR).rglob("*") if p.is_file())
+    # the networks only (each in its own folder): reports beside them (manifest, gates) do not change a result
+    files = sorted(p for p in Path(models.WEIGHTS_DIR).rglob("*") if p.is_file() and p.parent != Path(models.WEIGHTS_DIR))
     if not files:
         return None
     digest = hashlib.sha1()
