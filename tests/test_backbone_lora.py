@@ -4,7 +4,7 @@ import torch
 
 from bench import backbones
 from bench.backbones import BackboneError
-from conftest import randomize_lora
+from foundation_testkit import randomize_lora
 from methods.sampling import sample
 from rewards.base import WeightsNotFoundError
 

@@ -4,7 +4,7 @@ import torch
 from diffusers import DDIMScheduler
 
 import methods
-from conftest import lora_grads, record_unet_calls
+from foundation_testkit import lora_grads, record_unet_calls
 from methods.base import MethodError
 from methods.sampling import sample
 
