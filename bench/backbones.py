@@ -9,7 +9,6 @@ values. The LoRA (peft) sits on the UNet attention projections; it is saved as t
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from registry import Registry
 from rewards.base import WeightsNotFoundError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -251,29 +251,12 @@ def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str |
 
 
 # ----------------------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, tuple[Callable[..., DiffusersBackbone], str]] = {}
-
-
-def register(name: str, description: str = "") -> Callable:
-    def wrap(factory):
-        _REGISTRY[name] = (factory, description or (factory.__doc__ or "").strip().split("\n")[0])
-        return factory
-
-    return wrap
-
-
-def available(pattern: str = "*") -> list[str]:
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
-
-
-def describe() -> dict[str, str]:
-    return {n: _REGISTRY[n][1] for n in available()}
+REGISTRY = Registry("backbone", BackboneError)
+register, available, describe = REGISTRY.register, REGISTRY.available, REGISTRY.describe
 
 
 def create(name: str, **kw) -> DiffusersBackbone:
-    if name not in _REGISTRY:
-        raise BackboneError(f"unknown backbone {name!r}; valid: {', '.join(available())}")
-    return _REGISTRY[name][0](**kw)
+    return REGISTRY.get(name)(**kw)
 
 
 HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1"}

@@ -106,9 +106,7 @@ def resolve_training_reward(method_name: str, reward_name: str) -> tuple[str, st
     """A gradient method given a non-differentiable reward that has a registered surrogate trains on the surrogate
     and reports it; without one, the method refuses (MethodError). Returns (training reward, note)."""
     factory = methods.get(method_name)
-    reward_cls = rewards.base._REGISTRY.get(reward_name, (None,))[0]
-    if reward_cls is None:
-        rewards.create(reward_name)  # raises the one-line unknown-name error
+    reward_cls = rewards.base.get(reward_name)  # unknown name: the one-line error listing valid names
     if getattr(factory, "needs_gradient_reward", True) and not getattr(reward_cls, "differentiable", True):
         surrogate = f"{reward_name}-surrogate"
         if surrogate in rewards.available():
@@ -199,7 +197,7 @@ def build(spec: CellSpec):
     train_reward_name, note = resolve_training_reward(spec.method, spec.reward)
     eval_specs = dict(spec.eval_rewards)
     if not eval_specs:
-        ref = getattr(rewards.base._REGISTRY[train_reward_name][0], "reference", None)
+        ref = getattr(rewards.base.get(train_reward_name), "reference", None)
         eval_specs = {ref or spec.reward: dict(spec.reward_kwargs)}
         if ref and spec.reward != ref:  # surrogate trained: also report the surrogate itself
             eval_specs[train_reward_name] = dict(spec.reward_kwargs)

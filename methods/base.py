@@ -8,13 +8,14 @@ several times (DDPO's inner PPO loop).
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Sequence
 
 import torch
+
+from registry import Registry
 
 from .backbone import Backbone
 from .sampling import SAMPLER_KINDS, Schedule
@@ -156,29 +157,8 @@ class Method:
 
 
 # ------------------------------------------------------------------------------------------------------ registry
-_REGISTRY: dict[str, tuple[Callable[..., Method], str]] = {}
-
-
-def register(name: str, description: str = "") -> Callable:
-    def wrap(factory):
-        _REGISTRY[name] = (factory, description or (factory.__doc__ or "").strip().split("\n")[0])
-        return factory
-
-    return wrap
-
-
-def available(pattern: str = "*") -> list[str]:
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
-
-
-def describe() -> dict[str, str]:
-    return {n: _REGISTRY[n][1] for n in available()}
-
-
-def get(name: str) -> Callable[..., Method]:
-    if name not in _REGISTRY:
-        raise MethodError(f"unknown method {name!r}; valid: {', '.join(available())}")
-    return _REGISTRY[name][0]
+REGISTRY = Registry("method", MethodError)
+register, available, describe, get = REGISTRY.register, REGISTRY.available, REGISTRY.describe, REGISTRY.get
 
 
 def create(name: str, backbone: Backbone, reward: torch.nn.Module, *, seed: int = 0, protocol: str = "shared",

@@ -5,11 +5,12 @@ A reward is an ``nn.Module`` mapping images ``[B,3,H,W]`` in ``[0,1]`` and one p
 """
 from __future__ import annotations
 
-import fnmatch
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
+
+from registry import Registry
 
 
 class RewardError(ValueError):
@@ -63,34 +64,10 @@ def check_inputs(images: torch.Tensor, prompts: Sequence[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, tuple[Callable[..., Reward], str]] = {}
-
-
-def register(name: str, description: str = "") -> Callable:
-    """Decorator: ``@register("aesthetic", "LAION aesthetic v2")`` on a class or factory returning a Reward."""
-
-    def wrap(factory: Callable[..., Reward]) -> Callable[..., Reward]:
-        if name in _REGISTRY and _REGISTRY[name][0] is not factory:
-            raise ValueError(f"reward {name!r} registered twice")
-        doc = description or (factory.__doc__ or "").strip().split("\n")[0]
-        _REGISTRY[name] = (factory, doc)
-        return factory
-
-    return wrap
-
-
-def available(pattern: str = "*") -> list[str]:
-    """Registered reward names, optionally filtered by a shell-style wildcard (``available("jpeg-*")``)."""
-    return sorted(n for n in _REGISTRY if fnmatch.fnmatch(n, pattern))
-
-
-def describe() -> dict[str, str]:
-    return {n: _REGISTRY[n][1] for n in available()}
+REGISTRY = Registry("reward", RewardError)
+register, available, describe, get = REGISTRY.register, REGISTRY.available, REGISTRY.describe, REGISTRY.get
 
 
 def create(name: str, **kwargs) -> Reward:
     """Build a reward by name; settings are constructor arguments. Unknown names list the valid ones."""
-    if name not in _REGISTRY:
-        raise RewardError(f"unknown reward {name!r}; valid: {', '.join(available())}")
-    reward = _REGISTRY[name][0](**kwargs)
-    return reward.freeze()
+    return get(name)(**kwargs).freeze()
