@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import models, world
-from .world import BACKGROUND_NAMES, COLOR_NAMES, SHAPES
+from .world import COLOR_NAMES, SHAPES
 
 PARTS = ("diffusion", "clip", "aesthetic", "classifier", "detector")
 DEFAULT_STEPS = {"diffusion": 4000, "clip": 700, "aesthetic": 1500, "classifier": 800, "detector": 800}
@@ -81,6 +80,16 @@ def record(part: str, argv: list[str], seed: int, steps: int, wall: float, losse
 
 
 # ---------------------------------------------------------------------------------------------------- diffusion
+def update(opt: torch.optim.Optimizer, loss: torch.Tensor, losses: list, clip_params=None) -> None:
+    """One optimiser step on ``loss`` (gradient norm clipped to 1 when ``clip_params`` is given); records the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip_params is not None:
+        torch.nn.utils.clip_grad_norm_(clip_params, 1.0)
+    opt.step()
+    losses.append(loss.item())
+
+
 def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, lr: float = 1e-3,
                     max_minutes: float | None = None, ema_decay: float = 0.998, min_snr_gamma: float = 5.0,
                     history: list | None = None, resume: bool = False):
@@ -202,11 +211,7 @@ def train_clip(steps: int, seed: int, out_dir: Path, batch_size: int = 256, lr: 
         img = models.features(clip.get_image_features(pixel_values=clip_pixels(images)))
         txt = models.features(clip.get_text_features(input_ids=ids, attention_mask=mask))
         loss = clip_loss(img, txt, clip.logit_scale, captions)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(clip.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
+        update(opt, loss, losses, clip_params=clip.parameters())
         if step % 50 == 0:
             log(f"clip step {step} loss {np.mean(losses[-50:]):.4f} scale {clip.logit_scale.exp().item():.1f}")
     clip.save_pretrained(out_dir / "clip")
@@ -242,10 +247,7 @@ def train_aesthetic(steps: int, seed: int, out_dir: Path, num_images: int = 1638
             g["lr"] = cosine_lr(step, steps, lr)
         idx = torch.randint(0, num_images, (batch_size,), generator=gen)
         loss = F.mse_loss(head(emb[idx]).squeeze(-1), gold[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        update(opt, loss, losses)
         if step % 200 == 0:
             log(f"aesthetic step {step} mse {np.mean(losses[-50:]):.4f}")
     (out_dir / "aesthetic").mkdir(parents=True, exist_ok=True)
@@ -288,10 +290,7 @@ def train_classifier(steps: int, seed: int, out_dir: Path, batch_size: int = 128
         images = (images + noise * torch.randn(images.shape, generator=gen)).clamp(0, 1)
         label = torch.tensor([SHAPES.index(s.objects[0].shape) for s in scenes])
         loss = F.cross_entropy(model(classifier_pixels(images)).logits, label)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        update(opt, loss, losses)
         if step % 50 == 0:
             log(f"classifier step {step} loss {np.mean(losses[-50:]):.4f}")
     model.save_pretrained(out_dir / "classifier")
@@ -362,11 +361,7 @@ def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, 
         # of 36): weighted 4x. Tried and worse on held-out scenes: unweighted, 1200 steps (75% accuracy vs 82%);
         # adding an image-level BCE on the max over patches (training collapsed to constant logits).
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(4.0))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        losses.append(loss.item())
+        update(opt, loss, losses, clip_params=model.parameters())
         if step % 50 == 0:
             log(f"detector step {step} loss {np.mean(losses[-50:]):.4f}")
     model.save_pretrained(out_dir / "detector")
