@@ -105,7 +105,7 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
     dev = device or preset.device or _default_device()
     b = budget or preset.budget
     eval_every = min(preset.eval_every, b)
-    fingerprints: dict[tuple[str, str], str | None] = {}
+    fingerprints: dict[tuple[str, ...], str | None] = {}
     for t in usable_tasks:
         kw = tasks_mod.get(t).cell_kwargs()
         kw["backbone"] = backbone or preset.backbone or kw["backbone"]
@@ -121,9 +121,9 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
             settings.update(method_settings or {})
             _check_settings(m, settings, protocol)
             for seed in (seeds if seeds is not None else preset.seeds):
-                key = (kw["backbone"], kw["reward"])
+                key = (kw["backbone"], *weights_rewards(kw))
                 if key not in fingerprints:
-                    fingerprints[key] = weights_version(*key)
+                    fingerprints[key] = weights_version(key[0], key[1:])
                 specs.append(CellSpec(weights_version=fingerprints[key],
                     method=m, seed=seed, budget=b, batch_size=preset.batch_size, eval_every=eval_every,
                     eval_images_per_prompt=preset.eval_images_per_prompt,
@@ -156,24 +156,37 @@ def _check_settings(method: str, settings: dict[str, Any], protocol: str) -> Non
         raise GridError(f"{method}: {err}") from None
 
 
-def weights_version(backbone: str, reward: str) -> str | None:
-    """A fingerprint of the local weights a cell uses (the shapes testbed's manifest, which changes whenever a
-    testbed network is retrained), so a resumed grid never mixes cells trained on different weights."""
+def weights_rewards(cell: dict[str, Any]) -> tuple[str, ...]:
+    """The rewards whose weights a cell's results depend on: training, evaluation and diversity rewards."""
+    return (cell["reward"], *cell.get("eval_rewards", {}), *([cell["diversity_reward"]] if cell.get("diversity_reward")
+                                                             else []))
+
+
+def weights_version(backbone: str, reward_names: Sequence[str]) -> str | None:
+    """A fingerprint of the local weights a cell uses: the testbed folders of its backbone and of every reward it
+    trains on or is evaluated with (``models.WEIGHT_FOLDERS``), so a resumed grid never mixes cells trained on
+    different weights, and retraining one network invalidates only the cells that use it. None when the cell uses
+    no local weights."""
     import hashlib
 
-    if backbone != "shapes" and not reward.startswith("shapes-"):
+    names = [n for n in (backbone, *reward_names) if n == "shapes" or n.startswith("shapes-")]
+    if not names:
         return None
     try:
         from bench.testbed import models
     except ImportError:
         return None
-    # the networks only (each in its own folder): reports beside them (manifest, gates) do not change a result
-    files = sorted(p for p in Path(models.WEIGHTS_DIR).rglob("*") if p.is_file() and p.parent != Path(models.WEIGHTS_DIR))
+    root = Path(models.WEIGHTS_DIR)
+    # an unknown shapes-* name counts every network folder (conservative); the reports beside the folders
+    # (manifest.json, gates.json) never change a result and are not hashed
+    every = sorted({p.relative_to(root).parts[0] for p in root.rglob("*") if p.is_file() and p.parent != root})
+    folders = sorted({f for n in names for f in models.WEIGHT_FOLDERS.get(n, every)})
+    files = sorted(p for f in folders for p in (root / f).rglob("*") if p.is_file())
     if not files:
         return None
     digest = hashlib.sha1()
     for path in files:
-        digest.update(str(path.relative_to(models.WEIGHTS_DIR)).encode())
+        digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:10]
 
@@ -235,7 +248,8 @@ def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
     from bench.cell import run_cell
 
     out = Path(spec.results_dir) / spec.suite
-    if spec.weights_version and weights_version(spec.backbone, spec.reward) != spec.weights_version:
+    if spec.weights_version and weights_version(spec.backbone, weights_rewards(dataclasses.asdict(spec))) \
+            != spec.weights_version:
         append_rows(out / "cells.csv", [failure_row(spec, "error", "the local weights changed since the grid was "
                                                     "planned; run the grid again")], key=["cell_id"])
         events.put(("done", spec.cell_id, "error", None))

@@ -168,3 +168,52 @@ def test_unregistered_methods_are_skipped_with_a_note(monkeypatch):
     specs, notes = grid.plan(presets.get("quick"), backbone="tiny", tasks="shapes-compressibility", device="cpu")
     assert "drtune" not in {s.method for s in specs}
     assert any("drtune is not registered" in n for n in notes)
+
+
+def test_weights_fingerprint_covers_exactly_the_networks_a_cell_uses(tmp_path, monkeypatch):
+    """Retraining one testbed network changes the fingerprint (hence the identity) of the cells that use it, and only
+    of those; reports beside the networks (manifest, gates) never change it."""
+    import shutil
+
+    from bench import grid
+    from bench.testbed import models
+
+    for folder in ("unet", "text_encoder", "scheduler", "tokenizer", "clip", "aesthetic", "classifier", "detector"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "model.safetensors").write_bytes(folder.encode())
+    (tmp_path / "manifest.json").write_text("{}")
+    monkeypatch.setattr(models, "WEIGHTS_DIR", tmp_path)
+    cells = {"aesthetic": ("shapes-aesthetic", "shapes-gold-aesthetic", "shapes-alignment"),
+             "detector": ("shapes-detector", "shapes-alignment"), "classifier": ("shapes-classifier",),
+             "jpeg": ("jpeg-compressibility", "shapes-alignment")}
+
+    def versions():
+        return {name: grid.weights_version("shapes", rewards) for name, rewards in cells.items()}
+
+    before = versions()
+    assert len(set(before.values())) == len(before)  # different networks, different fingerprints
+    assert grid.weights_version("tiny", ["jpeg-compressibility"]) is None  # no local weights at all
+    (tmp_path / "manifest.json").write_text('{"detector": {"steps": 2000}}')
+    assert versions() == before
+    (tmp_path / "detector" / "model.safetensors").write_bytes(b"retrained")
+    after = versions()
+    assert after["detector"] != before["detector"]
+    assert {k: v for k, v in after.items() if k != "detector"} == {k: v for k, v in before.items() if k != "detector"}
+    (tmp_path / "clip" / "model.safetensors").write_bytes(b"retrained")  # read by aesthetic, alignment (diversity)
+    again = versions()
+    assert again["classifier"] == after["classifier"]
+    assert all(again[k] != after[k] for k in ("aesthetic", "detector", "jpeg"))
+    shutil.rmtree(tmp_path / "unet")  # the backbone: every cell
+    assert not set(versions().values()) & set(again.values())
+
+
+def test_planned_cells_carry_their_own_weights_fingerprint():
+    from bench import grid, presets
+    from bench.cli import _load_plugins
+
+    _load_plugins()
+    specs, _ = grid.plan(presets.get("quick"), device="cpu")
+    by_task = {s.task: s.weights_version for s in specs}
+    assert all(by_task.values())
+    assert by_task["shapes-add-red-circle"] == by_task["shapes-remove-blue-square"]  # same networks
+    assert by_task["shapes-add-red-circle"] != by_task["shapes-aesthetic"] != by_task["shapes-circles-to-squares"]

@@ -28,6 +28,12 @@ from torch import nn
 from .world import BACKGROUND_NAMES, COLOR_NAMES, RESOLUTION, SHAPES
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+#: the folders under WEIGHTS_DIR that each registered testbed name reads. A grid cell's weights fingerprint covers
+#: only the folders of its backbone and rewards, so retraining one network invalidates only the cells that use it.
+WEIGHT_FOLDERS = {"shapes": ("unet", "text_encoder", "scheduler", "tokenizer"),
+                  "shapes-alignment": ("clip",), "shapes-aesthetic": ("clip", "aesthetic"),
+                  "shapes-classifier": ("classifier",), "shapes-detector": ("detector",),
+                  "shapes-gold-aesthetic": ()}
 SPECIAL_TOKENS = {"pad": "[PAD]", "unk": "[UNK]", "bos": "<bos>", "eos": "<eos>"}
 # ids: [PAD]=0 [UNK]=1 <bos>=2, words, <eos> last. <eos> has the highest id because OWL-ViT's text tower pools at
 # argmax(input_ids); CLIPTextModel (eos_token_id != 2) pools at the first <eos>: both land on <eos>.
