@@ -62,7 +62,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            protocol=TESTBED_PROTOCOL,
            method_overrides=DDPO_ETA, device="cpu", jobs=2, save_images=False, expected_time="≤ 3 min on 2 CPU cores"),
     Preset("paper", "every method × every testbed task, 3 seeds, 512 samples: the testbed's science run",
-           ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0, 1, 2], budget=512, batch_size=8, eval_every=64,
+           ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0, 1, 2], budget=512, batch_size=8, eval_every=32,
            protocol=TESTBED_PROTOCOL, method_overrides=DDPO_ETA, device="cpu", jobs=2,
            expected_time="≈ 16× the quick grid per seed (≈ 10–12 h on 2 CPU cores; minutes on a GPU)"),
     Preset("sd15", "the real grid: SD 1.5, the real reward zoo, every method, 3 seeds (GPU)",
