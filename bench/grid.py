@@ -156,6 +156,20 @@ def _check_settings(method: str, settings: dict[str, Any], protocol: str) -> Non
         raise GridError(f"{method}: {err}") from None
 
 
+def merge_run_info(previous: dict | None, new: dict) -> dict:
+    """run_info.json keeps every invocation that wrote into a results directory: the top level describes the latest
+    run that trained cells (what the leaderboard header shows); ``history`` lists every earlier record, oldest first.
+    A run that trained nothing (a no-op resume) only joins the history, so it never hides the run that made the
+    results; shards and resumed runs each add their own record."""
+    if not previous:
+        return dict(new)
+    history = list(previous.get("history", [])) + [{k: v for k, v in previous.items() if k != "history"}]
+    if not new.get("cells_run") and not new.get("interrupted") and previous.get("cells_run"):
+        history.pop()
+        return {**{k: v for k, v in previous.items() if k != "history"}, "history": history + [new]}
+    return {**new, "history": history}
+
+
 def weights_rewards(cell: dict[str, Any]) -> tuple[str, ...]:
     """The rewards whose weights a cell's results depend on: training, evaluation and diversity rewards."""
     return (cell["reward"], *cell.get("eval_rewards", {}), *([cell["diversity_reward"]] if cell.get("diversity_reward")
@@ -504,7 +518,8 @@ def run_from_args(args) -> int:
             "notes": notes, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "wall_s": round(time.time() - started, 1), "interrupted": interrupted, "jobs": jobs,
             "load_average": os.getloadavg()}
-    write_atomic(info_path, json.dumps(info, indent=1, default=str))
+    previous = json.loads(info_path.read_text()) if info_path.exists() else None
+    write_atomic(info_path, json.dumps(merge_run_info(previous, info), indent=1, default=str))
     if (out_dir / "cells.csv").exists():
         from bench import leaderboard
 

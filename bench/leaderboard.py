@@ -92,6 +92,11 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
                   f"- command: `{info.get('command')}`",
                   f"- started {info.get('started')}, wall time {info.get('wall_s')} s for {info.get('cells_run')} cells "
                   f"run ({info.get('cells_skipped_resume')} already finished), {info.get('jobs')} at a time"]
+        earlier = [h for h in info.get("history", []) if h.get("cells_run")]
+        if earlier:
+            lines.append("- earlier runs into this directory (shards, resumes): " + "; ".join(
+                f"`{h.get('command')}` started {h.get('started')}, {h.get('cells_run')} cells in {h.get('wall_s')} s"
+                for h in earlier))
         for note in info.get("notes", []):
             lines.append(f"- note: {note}")
     versions = cells["versions"].dropna().unique().tolist() if "versions" in cells else []

@@ -217,3 +217,20 @@ def test_planned_cells_carry_their_own_weights_fingerprint():
     assert all(by_task.values())
     assert by_task["shapes-add-red-circle"] == by_task["shapes-remove-blue-square"]  # same networks
     assert by_task["shapes-add-red-circle"] != by_task["shapes-aesthetic"] != by_task["shapes-circles-to-squares"]
+
+
+def test_run_info_keeps_the_run_that_made_the_results():
+    """A no-op resume joins the history instead of replacing the record of the run that trained the cells; a run that
+    trains cells (a second shard, a resume after a crash) becomes the header and keeps the earlier one."""
+    from bench.grid import merge_run_info
+
+    first = {"command": "run --grid --shard 0/2", "cells_run": 12, "wall_s": 900.0, "interrupted": False}
+    noop = {"command": "run --grid", "cells_run": 0, "wall_s": 2.0, "interrupted": False}
+    second = {"command": "run --grid --shard 1/2", "cells_run": 12, "wall_s": 950.0, "interrupted": False}
+    assert merge_run_info(None, first) == first
+    kept = merge_run_info(first, noop)
+    assert kept["command"] == first["command"] and kept["wall_s"] == 900.0 and kept["history"] == [noop]
+    both = merge_run_info(kept, second)
+    assert both["command"] == second["command"] and both["history"] == [noop, first]
+    stopped = {"command": "run --grid", "cells_run": 0, "wall_s": 5.0, "interrupted": True}
+    assert merge_run_info(both, stopped)["command"] == "run --grid" and len(merge_run_info(both, stopped)["history"]) == 3
