@@ -145,11 +145,13 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
 GRADIENT_METHODS = ("refl", "draft", "draft-k", "draft-1", "draft-lv", "alignprop", "drtune")
 
 
-def _mean_curve(cells: pd.DataFrame, curves: pd.DataFrame, method: str) -> tuple[np.ndarray, np.ndarray]:
+def _mean_curve(cells: pd.DataFrame, curves: pd.DataFrame, method: str,
+                column: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The method's curve (its training reward's, or ``column``) averaged over seeds on the common sample grid."""
     g = cells[cells["method"] == method]
     if g.empty or curves.empty:
         return np.array([]), np.array([])
-    col = curve_column(g.iloc[0])
+    col = column or curve_column(g.iloc[0])
     cc = curves[curves["cell_id"].isin(g["cell_id"])]
     if col not in cc:
         return np.array([]), np.array([])
@@ -205,10 +207,19 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     gold_col = next((c for c in cells.columns if c.startswith("shapes-gold-aesthetic") and c.endswith("_final")), None)
     if gold_col:
         init_col = gold_col.replace("_final", "_initial")
+        gold_curve = gold_col.replace("_final", "_mean")
         ga = ok[ok[gold_col].notna()]
         for m, g in ga.groupby("method"):
-            out.append(f"- over-optimisation, {m}: proxy {g['reward_initial'].mean():.4g} → {g['reward_final'].mean():.4g}, "
-                       f"gold {g[init_col].mean():.4g} → {g[gold_col].mean():.4g}")
+            line = (f"- over-optimisation, {m}: proxy {g['reward_initial'].mean():.4g} → {g['reward_final'].mean():.4g}, "
+                    f"gold {g[init_col].mean():.4g} → {g[gold_col].mean():.4g}")
+            grid, gold = _mean_curve(ga, curves, m, gold_curve)
+            if len(grid) > 2 and np.isfinite(gold).any():
+                peak = int(np.nanargmax(gold))
+                _, proxy = _mean_curve(ga, curves, m)
+                line += (f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples" + (
+                    f", then falls by {gold[peak] - gold[-1]:.3g} while the proxy changes by "
+                    f"{proxy[-1] - proxy[peak]:+.3g}" if peak < len(grid) - 1 else " (the last evaluation)"))
+            out.append(line)
     out.append("")
     return out
 

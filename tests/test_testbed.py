@@ -172,3 +172,15 @@ def test_a_few_training_steps_lower_the_loss(part, steps, kw, tmp_path):
     assert len(history) == steps
     k = max(3, steps // 5)
     assert np.mean(history[-k:]) < np.mean(history[:k]), history
+
+
+def test_gate_query_kinds():
+    from bench.testbed.gates import query_kind
+
+    scene = world.Scene(objects=(world.Obj("red", "circle", 6.0, 6.0, 4.0), world.Obj("blue", "square", 16.0, 16.0, 4.0)),
+                        background="white")
+    assert query_kind(scene, "red circle", 0) == "present"
+    assert query_kind(scene, "red square", -1) == "absent, colour and shape of different objects"
+    assert query_kind(scene, "red triangle", -1) == "absent, same colour"
+    assert query_kind(scene, "green circle", -1) == "absent, same shape"
+    assert query_kind(scene, "green triangle", -1) == "absent, unrelated"

@@ -49,6 +49,19 @@ def dominant_color(images: torch.Tensor, threshold: float = 0.25) -> list[str | 
     return out
 
 
+def query_kind(scene: world.Scene, query: str, index: int) -> str:
+    """present; or absent and sharing the colour (not the shape) of a present object, its shape (not the colour),
+    both with different objects, or neither."""
+    if index >= 0:
+        return "present"
+    colour, shape = query.split()
+    same_colour = any(o.color == colour for o in scene.objects)
+    same_shape = any(o.shape == shape for o in scene.objects)
+    return {(True, False): "absent, same colour", (False, True): "absent, same shape",
+            (True, True): "absent, colour and shape of different objects"}.get((same_colour, same_shape),
+                                                                                "absent, unrelated")
+
+
 def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     """Probability that a positive outscores a negative (ties count half): the Mann-Whitney AUC."""
     from scipy.stats import rankdata
@@ -172,7 +185,7 @@ def run_gates(samples: int = 256, guidance_scale: float | None = None, seed: int
     from .train import detector_queries
     from .rewards import detector_pixels
 
-    correct = []
+    correct, kinds = [], []
     for scene, img in zip(scenes, x):
         qs = detector_queries(scene, rng)
         ids, mask = models.tokenize(detector_tok, [q for q, _ in qs])
@@ -181,8 +194,14 @@ def run_gates(samples: int = 256, guidance_scale: float | None = None, seed: int
                                     pixel_values=detector_pixels(img[None])).logits[0]  # [patches, Q]
         present = torch.sigmoid(logits).amax(0) > 0.5
         correct += [bool(p) == (i >= 0) for p, (_, i) in zip(present, qs)]
+        kinds += [query_kind(scene, q, i) for q, i in qs]
     measured["detector_accuracy"] = float(np.mean(correct))
     details["detector_queries"] = len(correct)
+    # where the errors are: accuracy per kind of query (the gate itself is the overall accuracy above)
+    details["detector_accuracy_by_query"] = {k: {"queries": int(sum(kk == k for kk in kinds)),
+                                                 "accuracy": round(float(np.mean([c for c, kk in zip(correct, kinds)
+                                                                                  if kk == k])), 4)}
+                                             for k in dict.fromkeys(sorted(kinds))}
 
     # 5. speed
     speed = measure_speed(backbone, guidance_scale)
