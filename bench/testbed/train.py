@@ -340,12 +340,13 @@ def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, 
     queried coloured shape covers this patch" (boxes are not trained; the reward reads only the class logits).
 
     Known limit (detector gate 0.838 < 0.9): this detector reads colour, not shape. Every absent query that shares a
-    present object's colour is answered "present" (0 of 155 right at the gate) and "red circle"/"red square" embed
-    at cosine 0.994. Tried, each 1000-1500 steps, and still colour-only (held-out accuracy 0.77-0.83; 0.58 with
-    focal loss, whose probabilities stay < 0.5): absent queries always hard; towers initialised from the testbed CLIP (OWL-ViT's recipe); every patch scored
-    against all 18 coloured shapes (OWL-ViT's label-space loss), with BCE or focal loss; patch size 2, 6 or 8;
-    vision width 96-128 with 4 layers. Linear probes of the patch features separate circle from square at
-    0.52-0.60 (3 shapes, chance 0.33), while the ResNet classifier is at 1.0: at 24 px this ViT does not learn the
+    present object's colour is answered "present" (0 of 155 right on 256 held-out scenes) and "red circle" and
+    "red square" embed at cosine 0.994. Tried, each 1000-1500 steps, and still colour-only (held-out accuracy
+    0.77-0.83; 0.58 with focal loss, whose probabilities stay < 0.5): absent queries always hard; towers initialised
+    from the testbed CLIP (OWL-ViT's recipe); every patch scored against all 18 coloured shapes (OWL-ViT's
+    label-space loss), with BCE or focal loss; patch size 2, 6 or 8; vision width 96-128 with 4 layers. Linear
+    probes of the patch features separate circle from square at 0.52-0.60 (3 shapes, chance 0.33), while the ResNet
+    classifier is at 1.0: at 24 px this ViT does not learn the
     1-pixel corner differences."""
     from transformers import OwlViTForObjectDetection
 
