@@ -347,7 +347,7 @@ def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, 
     label-space loss), with BCE or focal loss; patch size 2, 6 or 8; vision width 96-128 with 4 layers. Linear
     probes of the patch features separate circle from square at 0.52-0.60 (3 shapes, chance 0.33), while the ResNet
     classifier is at 1.0: at 24 px this ViT does not learn the
-    1-pixel corner differences."""
+    one-pixel corner differences between a circle and a square."""
     from transformers import OwlViTForObjectDetection
 
     from rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
