@@ -129,3 +129,27 @@ def test_leaderboard_ranks_by_final_reward_with_intervals(tmp_path):
     assert "gold" in text
     assert (tmp_path / "plots" / "reward_vs_samples_t.png").exists()
     assert (tmp_path / "plots" / "memory_vs_throughput.png").exists()
+
+
+def test_claims_read_each_method_at_its_own_budget_and_find_the_gold_peak():
+    """The claims section compares with DDPO's final reward at DDPO's own budget (a longer gradient-method cell in
+    the same suite must not change it), finds when each method first reaches it, and reports where the gold
+    aesthetic peaks and how far it falls afterwards."""
+    import pandas as pd
+
+    from bench.leaderboard import claims
+
+    def cell(method, budget, curve, gold):
+        cid = f"{method}-{budget}"
+        cells.append(dict(cell_id=cid, task="t", method=method, status="ok", budget=budget, eval_reward="r",
+                          reward_initial=curve[0][1], reward_final=curve[-1][1],
+                          **{"shapes-gold-aesthetic_initial": gold[0], "shapes-gold-aesthetic_final": gold[-1]}))
+        curves.extend(dict(cell_id=cid, samples=s, r_mean=v, **{"shapes-gold-aesthetic_mean": g})
+                      for (s, v), g in zip(curve, gold))
+
+    cells, curves = [], []
+    cell("ddpo", 1000, [(0, 0.0), (500, 0.5), (1000, 1.0)], [5.0, 5.0, 5.0])
+    cell("draft-1", 4000, [(0, 0.0), (50, 0.4), (100, 1.2), (4000, 3.0)], [5.0, 6.0, 6.5, 4.5])
+    text = "\n".join(claims(pd.DataFrame(cells), pd.DataFrame(curves)))
+    assert "DDPO's final reward 1 (DDPO used 1000; the claim needs ≤ 100): draft-1 100" in text
+    assert "draft-1: proxy 0 → 3, gold 5 → 4.5; gold peaks at 6.5 after 100 samples, then falls by 2" in text

@@ -340,7 +340,7 @@ def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, 
     queried coloured shape covers this patch" (boxes are not trained; the reward reads only the class logits).
 
     Known limit (detector gate 0.838 < 0.9): this detector reads colour, not shape. Every absent query that shares a
-    present object's colour is answered "present" (0 of 155 right on 256 held-out scenes) and "red circle" and
+    present object's colour is answered "present" (0 of 165 such gate queries right) and "red circle" and
     "red square" embed at cosine 0.994. Tried, each 1000-1500 steps, and still colour-only (held-out accuracy
     0.77-0.83; 0.58 with focal loss, whose probabilities stay < 0.5): absent queries always hard; towers initialised
     from the testbed CLIP (OWL-ViT's recipe); every patch scored against all 18 coloured shapes (OWL-ViT's
