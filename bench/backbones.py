@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+import offline
+from bench.catalog import HUB_IDS
 from registry import Registry
 from rewards.base import WeightsNotFoundError
 
@@ -228,6 +230,11 @@ def from_config_dir(config_dir: str | os.PathLike, *, seed: int = 0, tokenizer_d
                              name=name or config_dir.name, **kw)
 
 
+#: the file of each diffusers subfolder that a missing-weights error names
+PART_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+              "text_encoder": "model.safetensors", "tokenizer": "vocab.json", "scheduler": "scheduler_config.json"}
+
+
 def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str | None = None,
                     **kw) -> DiffusersBackbone:
     """A Stable Diffusion 1.x/2.x checkpoint in diffusers layout, from the hub or a local directory. The scheduler is
@@ -235,15 +242,25 @@ def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str |
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
+    local = Path(path_or_id).expanduser().exists()
+    env = f"BENCH_{name.upper()}_PATH" if name in HUB_IDS else None
+    supply = f"--backbone-path DIR (a local diffusers directory){f' or set {env}' if env else ''}"
+
     def part(cls, sub, **extra):
+        where = f"local directory {str(path_or_id)!r}" if local else f"hub id {path_or_id!r}"
+        try:  # the local files (or the hub cache) first: an offline machine never waits on the network
+            return cls.from_pretrained(path_or_id, subfolder=sub, revision=revision, local_files_only=True, **extra)
+        except (OSError, ValueError) as err:
+            if local or offline.offline():
+                why = type(err).__name__ if local else f"not in the local cache and {offline.why()}"
+                raise WeightsNotFoundError(f"backbone weights missing: {sub}/{PART_FILES.get(sub, '')} of {where} "
+                                           f"({why}); pass {supply}") from None
         try:
             return cls.from_pretrained(path_or_id, subfolder=sub, revision=revision, **extra)
         except (OSError, ValueError) as err:
-            where = "local directory" if Path(path_or_id).exists() else "hub id"
             raise WeightsNotFoundError(
-                f"backbone weights missing: {sub}/ of {where} {path_or_id!r} could not be loaded "
-                f"({type(err).__name__}); download it on a machine with access, or pass a local diffusers directory "
-                f"with --backbone-path DIR") from None
+                f"backbone weights missing: {sub}/{PART_FILES.get(sub, '')} of {where} could not be loaded "
+                f"({type(err).__name__}); download it on a machine with access, or pass {supply}") from None
 
     return DiffusersBackbone(part(UNet2DConditionModel, "unet"), part(CLIPTextModel, "text_encoder"),
                              part(CLIPTokenizer, "tokenizer"), DDIMScheduler.from_config(part(DDIMScheduler, "scheduler").config),
@@ -259,7 +276,6 @@ def create(name: str, **kw) -> DiffusersBackbone:
     return REGISTRY.get(name)(**kw)
 
 
-HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1"}
 
 
 def _hub_factory(key: str) -> Callable[..., DiffusersBackbone]:

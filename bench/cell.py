@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import platform
 import resource
 import subprocess
@@ -174,13 +173,17 @@ class Evaluator:
         return {n: torch.cat(v) for n, v in scores.items()}, torch.cat(images)
 
 
-def save_image_grid(images: torch.Tensor, path: Path, nrow: int = 8) -> None:
-    from torchvision.utils import save_image
+def save_eval_grid(path: Path, eval_images: dict[str, torch.Tensor], prompts: list[str], first: dict, last: dict,
+                   headline: str, title: str) -> Path:
+    """The evaluation images before and after training, on the same prompts and the same initial noise: row 1 the
+    initial model, row 2 the final one, the prompt under each column."""
+    from bench import images
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    save_image(images, str(tmp), nrow=nrow, padding=1)
-    os.replace(tmp, path)
+    rows = [eval_images["first"], eval_images.get("last", eval_images["first"])]
+    labels = [f"initial ({first[headline + '_mean']:.3g})",
+              f"after {last['samples']} samples ({last[headline + '_mean']:.3g})"]
+    return images.save_grid(path, rows, col_labels=prompts, row_labels=labels,
+                            title=f"{title} (mean per row); same noise in each column")
 
 
 def area_under_curve(samples: list[int], values: list[float]) -> float:
@@ -207,11 +210,16 @@ def build(spec: CellSpec):
     for name in eval_specs:
         if name not in rewards.available():
             rewards.create(name)
+    # rewards first: a missing reward weight fails in seconds, before the (larger) backbone is built. Their
+    # construction leaves the global RNG as it was, so the backbone's LoRA initialisation depends on the seed only
+    with torch.random.fork_rng(devices=[]):
+        train_reward = rewards.create(train_reward_name, **spec.reward_kwargs)
+        eval_rewards = {n: (train_reward if n == train_reward_name else rewards.create(n, **kw))
+                        for n, kw in eval_specs.items()}
     backbone = backbones.create(spec.backbone, device=spec.device, dtype=spec.dtype, lora_rank=spec.lora_rank,
                                 **({"path": spec.backbone_path} if spec.backbone_path else {}))
-    train_reward = rewards.create(train_reward_name, **spec.reward_kwargs).to(backbone.device)
-    eval_rewards = {n: (train_reward if n == train_reward_name else rewards.create(n, **kw).to(backbone.device))
-                    for n, kw in eval_specs.items()}
+    train_reward = train_reward.to(backbone.device)
+    eval_rewards = {n: r.to(backbone.device) for n, r in eval_rewards.items()}
     method = methods.create(spec.method, backbone, train_reward, seed=spec.seed, protocol=spec.protocol,
                             **spec.method_kwargs)
     return backbone, train_reward, eval_rewards, method, note
@@ -231,7 +239,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
 
     eval_images: dict[str, torch.Tensor] = {}
 
-    def evaluate(samples: int, queries: int, images_out: Path | None = None) -> dict[str, float]:
+    def evaluate(samples: int, queries: int) -> dict[str, float]:
         scores, images = evaluator()
         eval_images["first" if not curve else "last"] = images
         point = {"cell_id": spec.cell_id, "samples": samples, "reward_queries": queries,
@@ -240,19 +248,18 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
             point[f"{name}_mean"] = float(s.mean())
             point[f"{name}_std"] = float(s.std()) if len(s) > 1 else 0.0
         curve.append(point)
-        if images_out is not None and spec.save_images:
-            save_image_grid(images, images_out)
         return point
 
     train_time = 0.0
     if backbone.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(backbone.device)
-    evaluate(0, 0, spec.cell_dir() / "eval_initial.png")
+    evaluate(0, 0)
     rng = torch.Generator().manual_seed(spec.seed)
     status, message = "ok", note or ""
     next_eval = spec.eval_every
     totals: dict[str, float] = {}
-    n_steps = 0
+    n_steps = 0          # step() calls (one batch each)
+    optimizer_steps = 0  # optimiser updates: DDPO takes several per batch (its metrics say how many)
     last_metrics: dict[str, Any] = {}
     while method.total_samples < spec.budget:
         idx = torch.randint(len(spec.train_prompts), (spec.batch_size,), generator=rng).tolist()
@@ -260,6 +267,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         last_metrics = method.step([spec.train_prompts[i] for i in idx])
         train_time += time.perf_counter() - t0
         n_steps += 1
+        optimizer_steps += int(last_metrics.get("optimizer_steps", 1))
         for k, v in last_metrics.items():
             if k.startswith("time_"):
                 totals[k] = totals.get(k, 0.0) + v
@@ -271,7 +279,10 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
             next_eval = (method.total_samples // spec.eval_every + 1) * spec.eval_every
             if on_progress:
                 on_progress({"samples": method.total_samples, "reward": point[f"{headline}_mean"]})
-    final = evaluate(method.total_samples, method.total_reward_queries, spec.cell_dir() / "eval_final.png")
+    final = evaluate(method.total_samples, method.total_reward_queries)
+    if spec.save_images:
+        save_eval_grid(spec.cell_dir() / "eval.png", eval_images, evaluator.prompts, curve[0], final, headline,
+                       title=f"{spec.method} on {spec.task or spec.reward}, seed {spec.seed}: {headline}")
     if on_progress:
         on_progress({"samples": method.total_samples, "reward": final[f"{headline}_mean"]})
     if spec.save_lora and status == "ok":
@@ -293,7 +304,8 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "cell_id": spec.cell_id, "suite": spec.suite, "backbone": spec.backbone, "method": spec.method,
         "task": spec.task or spec.reward, "train_reward": method.reward.name, "eval_reward": headline,
         "seed": spec.seed, "protocol": spec.protocol, "status": status, "message": message, "budget": spec.budget,
-        "samples": method.total_samples, "reward_queries": method.total_reward_queries, "optimizer_steps": n_steps,
+        "samples": method.total_samples, "reward_queries": method.total_reward_queries, "train_steps": n_steps,
+        "optimizer_steps": optimizer_steps,
         "reward_initial": first[f"{headline}_mean"], "reward_final": final[f"{headline}_mean"],
         "reward_final_std": final[f"{headline}_std"],
         "eval_images": len(evaluator.prompts),

@@ -6,71 +6,43 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from bench import catalog
+from bench.args import EXIT_USAGE, Parser, UsageError, examples, parse_seeds, parse_settings
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
-EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """Bad command-line input: printed as one line, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not argparse's usage block
-        raise UsageError(f"{self.prog}: {message}")
-
-
-def _load_plugins() -> None:
-    """Import the modules that register backbones, methods and rewards (the testbed registers its own)."""
-    import methods  # noqa: F401
-    import rewards  # noqa: F401
-    from bench import backbones  # noqa: F401
-
-    for name in ("bench.testbed",):
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as err:
-            if err.name != name:
-                raise
-
-
-def parse_value(text: str) -> Any:
-    """``--set key=value`` values: JSON where it parses (numbers, booleans, lists), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parse_settings(items: Sequence[str] | None) -> dict[str, Any]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UsageError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = parse_value(value)
-    return out
-
 
 # ----------------------------------------------------------------------------------------------------------- run
+RUN_EXAMPLES = examples(
+    "python -m bench run --grid                                    # the quick preset: every method x testbed task",
+    "python -m bench run --grid --preset ci --methods 'draft*' --seeds 2",
+    "python -m bench run --method draft-lv --task shapes-aesthetic --seeds 3   # one grid cell, 3 seeds",
+    "python -m bench run --method draft-k --reward jpeg-compressibility --backbone tiny --set truncation_steps=1")
+
+
 def add_run_parser(sub) -> None:
-    p = sub.add_parser("run", help="train and evaluate one cell, or a grid of cells (--grid)")
+    p = sub.add_parser("run", help="train and evaluate one cell, or a grid of cells (--grid)",
+                       description="Train and evaluate one cell (--method with --task or --reward), or a preset's grid "
+                                   "(--grid). A cell with --task uses the same protocol, evaluation set and budget as "
+                                   "that task's cell in the default grid (the `quick` preset on the testbed, `sd15` "
+                                   "on real tasks), so it reproduces one leaderboard cell.", epilog=RUN_EXAMPLES)
     p.add_argument("--grid", action="store_true", help="run a preset grid (default preset: quick)")
-    p.add_argument("--preset", default=None, help="grid preset (quick, ci, paper, sd15, systems)")
+    p.add_argument("--preset", default=None, help="preset (quick, ci, paper, sd15, systems): the grid to run, or the "
+                   "protocol of one cell (default: quick for testbed tasks, sd15 for real ones)")
     p.add_argument("--method", "--methods", dest="method", default=None,
                    help="method name (grid: comma-separated list or wildcard)")
     p.add_argument("--task", "--tasks", dest="task", default=None, help="task name (grid: comma-separated)")
     p.add_argument("--reward", default=None, help="reward name, when no task is given")
-    p.add_argument("--reward-arg", action="append", metavar="KEY=VALUE", help="reward constructor argument")
+    p.add_argument("--reward-arg", action="append", metavar="KEY=VALUE", help="reward constructor argument (one cell)")
     p.add_argument("--backbone", default=None, help="backbone name (see `bench list`)")
     p.add_argument("--backbone-path", default=None, help="local diffusers directory (or hub id) for the backbone")
-    p.add_argument("--seed", "--seeds", dest="seeds", default=None,
-                   help="seed, or for several: a count (`--seeds 3` = 0,1,2) or a list (`0,4,7`)")
+    p.add_argument("--seed", default=None, help="exactly this one seed (e.g. --seed 1)")
+    p.add_argument("--seeds", default=None, help="several seeds: a count (--seeds 3 = 0,1,2) or a list (0,4,7)")
     p.add_argument("--budget", type=int, default=None, help="training samples per cell")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N training samples")
@@ -80,88 +52,215 @@ def add_run_parser(sub) -> None:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method setting, e.g. truncation_steps=3")
     p.add_argument("--protocol", choices=["shared", "reference"], default="shared")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the preset's, else cuda if available)")
     p.add_argument("--dtype", default=None, help="fp32, bf16, fp16")
-    p.add_argument("--suite", default=None, help="results/<suite>/ (default: the preset's name, or 'runs')")
-    p.add_argument("--results-dir", default="results")
+    p.add_argument("--suite", default=None, help="write to RESULTS_DIR/SUITE/ (default: the preset's name; 'single' "
+                   "for a --reward cell)")
+    p.add_argument("--results-dir", default="runs", help="where runs are written (default: runs/, untracked; the "
+                   "committed reference results are in results/)")
     p.add_argument("--no-resume", action="store_true", help="grid: rerun cells that already finished")
     p.add_argument("--shard", default=None, help="grid: run shard i of n, as i/n")
     p.add_argument("--limit", type=int, default=None, help="grid: run at most N cells")
     p.add_argument("--jobs", type=int, default=None, help="grid: cells run at once, each in its own process "
                    "(default: the preset's)")
-    p.add_argument("--plugins", default=None, help="grid: comma-separated modules to import in every cell "
-                   "(registering extra methods, rewards or tasks)")
+    p.add_argument("--plugins", default=None, help="comma-separated modules to import (in every grid cell), "
+                   "registering extra methods, rewards or tasks")
 
 
-def _seed_list(text: str | None, default: Sequence[int] = (0,)) -> list[int]:
-    if text is None:
-        return list(default)
-    try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        n = int(text)
-    except ValueError:
-        raise UsageError(f"--seeds expects a count or a comma-separated list of integers, got {text!r}") from None
-    return [n] if n == 0 else list(range(n)) if n > 0 else [n]
+_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith(("/", ".", "~")) or os.sep in path.strip(os.sep) and path.count("/") != 1 \
+        or Path(path).expanduser().exists()
+
+
+def precheck_run(args) -> None:
+    """Everything about a ``run`` command that can be judged without a model library: names, numbers, paths,
+    ``KEY=VALUE`` syntax. Runs before torch is imported, so a typo costs milliseconds, not seconds."""
+    from bench import presets, tasks
+
+    grid = is_grid(args)
+    args.seed_list = parse_seeds(args.seed, args.seeds)
+    args.method_settings = parse_settings(args.set)
+    args.reward_kwargs = parse_settings(args.reward_arg, "--reward-arg")
+    plugins = bool(args.plugins)  # plugins register names the catalog does not know: the registries judge them
+    if args.preset is not None:
+        presets.get(args.preset)
+    if not grid:
+        if not args.method:
+            raise UsageError("run: --method is required (or --grid to run a preset's grid); see `python -m bench list`")
+        if "," in args.method or any(c in args.method for c in "*?["):
+            raise UsageError(f"run: one cell takes one method, got {args.method!r}; several: add --grid")
+        if not args.task and not args.reward:
+            raise UsageError("run: give --task (see `python -m bench list tasks`) or --reward")
+        if args.task and args.reward:
+            raise UsageError("run: give --task or --reward, not both (a task names its reward)")
+    elif args.reward or args.reward_arg:
+        raise UsageError("run --grid: a grid's rewards come from its tasks; select tasks with --tasks")
+    if args.method and not plugins:
+        catalog.check("method", args.method, wildcard=grid)
+    if args.task:
+        known = tasks.available()
+        for part in [p.strip() for p in args.task.split(",")] if grid else [args.task]:
+            if not plugins and not any(__import__("fnmatch").fnmatch(n, part) for n in known):
+                raise UsageError(f"unknown task {part!r}; valid: {', '.join(known)}")
+    if args.reward and not plugins:
+        catalog.check("reward", args.reward)
+    if args.backbone and not plugins:
+        catalog.check("backbone", args.backbone)
+    for flag, value, low in (("--budget", args.budget, 1), ("--batch-size", args.batch_size, 1),
+                             ("--eval-every", args.eval_every, 1), ("--num-steps", args.num_steps, 1),
+                             ("--jobs", args.jobs, 1), ("--limit", args.limit, 1)):
+        if value is not None and value < low:
+            raise UsageError(f"{flag} must be >= {low}, got {value}")
+    for flag, value in (("--guidance-scale", args.guidance_scale), ("--eta", args.eta)):
+        if value is not None and not value >= 0:
+            raise UsageError(f"{flag} must be >= 0, got {value}")
+    if args.lr is not None and not args.lr > 0:
+        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.dtype is not None and args.dtype not in catalog.DTYPES:
+        raise UsageError(f"--dtype {args.dtype!r}: valid: {', '.join(catalog.DTYPES)}")
+    if args.device is not None and not _DEVICE.match(args.device):
+        raise UsageError(f"--device {args.device!r}: valid: cpu, cuda, cuda:N, mps")
+    if args.backbone_path and _looks_local(args.backbone_path) and not Path(args.backbone_path).expanduser().exists():
+        raise UsageError(f"--backbone-path {args.backbone_path!r} not found: give a local diffusers directory "
+                         f"(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a hub id")
+    for name in _backbones_used(args, grid):
+        catalog.check_hub_backbone(name, args.backbone_path)
+    if grid:
+        from bench.args import parse_shard
+
+        parse_shard(args.shard)
+    elif args.shard or args.limit or args.jobs or args.no_resume:
+        raise UsageError("run: --shard, --limit, --jobs and --no-resume apply to a grid (add --grid)")
+
+
+def _backbones_used(args, grid: bool) -> set[str]:
+    """The backbones a run command will load (as the grid's plan and the single cell choose them)."""
+    import fnmatch
+
+    from bench import presets, tasks
+
+    if args.backbone:
+        return {args.backbone}
+    if not args.task and not grid:
+        return {"tiny"}
+    preset = presets.get(args.preset) if args.preset else None
+    names = [n for n in tasks.available() if not args.task or any(fnmatch.fnmatch(n, p.strip())
+                                                                    for p in args.task.split(","))]
+    if grid:
+        preset = preset or presets.get("quick")
+        names = names if args.task else preset.tasks
+    out = set()
+    for n in names:
+        task = tasks.get(n) if n in tasks.available() else None
+        p = preset or (presets.get("quick" if task and task.suite == "testbed" else "sd15"))
+        out.add(p.backbone or (task.backbone if task else "tiny"))
+    return out
+
+
+def is_grid(args) -> bool:
+    """``--grid``, or ``--preset`` without a single --method (``run --preset ci`` runs the ci grid)."""
+    return bool(args.grid or (args.preset and not args.method))
 
 
 def cmd_run(args) -> int:
-    if args.grid or args.preset:
+    if is_grid(args):
         from bench import grid
 
         return grid.run_from_args(args)
-    from bench.cell import CellSpec, run_cell
-    from bench.results import append_rows
+    import dataclasses
 
-    if not args.method:
-        raise UsageError("run: --method is required (or --grid); see `python -m bench list`")
-    method_kwargs = parse_settings(args.set)
+    from bench import grid, presets, tasks
+    from bench.cell import CellSpec, run_cell
+    from bench.results import append_rows, read_csv
+
+    settings = dict(args.method_settings)
     for key in ("num_steps", "guidance_scale", "eta", "lr"):
         if getattr(args, key) is not None:
-            method_kwargs[key] = getattr(args, key)
-    spec_kwargs: dict[str, Any] = {}
-    if args.task:
-        from bench import tasks
-
-        spec_kwargs.update(tasks.get(args.task).cell_kwargs(args.method))
-    elif args.reward:
-        spec_kwargs["reward"] = args.reward
-        spec_kwargs["reward_kwargs"] = parse_settings(args.reward_arg)
-    else:
-        raise UsageError("run: give --task or --reward")
-    import torch
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    for key in ("budget", "batch_size", "eval_every", "dtype", "backbone_path"):
-        if getattr(args, key) is not None:
-            spec_kwargs[key] = getattr(args, key)
-    seeds = _seed_list(args.seeds)
-    suite = args.suite or "runs"
+            settings[key] = getattr(args, key)
+    seeds = args.seed_list or [0]
     import methods
     import rewards
 
-    methods.get(args.method)  # unknown names: one line before any work
-    if spec_kwargs.get("reward") not in rewards.available():
-        rewards.create(spec_kwargs.get("reward"))
+    methods.get(args.method)  # a plugin's unknown name: one line, before any work
+    if args.task:
+        task = tasks.get(args.task)
+        preset = presets.get(args.preset or ("quick" if task.suite == "testbed" else "sd15"))
+        specs, _ = grid.plan(preset, methods=args.method, tasks=args.task, seeds=seeds, budget=args.budget,
+                             device=args.device, protocol=args.protocol, suite=args.suite, results_dir=args.results_dir,
+                             method_settings=settings, backbone=args.backbone)
+        if not specs:
+            raise UsageError(f"run: task {args.task} cannot run here (a reward or backbone is not registered)")
+        reward_name = task.reward
+        protocol_note = (f"protocol of preset {preset.name!r} ({_protocol_text(preset)})" if args.protocol == "shared"
+                         else f"{args.method}'s reference protocol, budget and evaluation of preset {preset.name!r}")
+    else:
+        reward_name = args.reward
+        rewards.base.get(reward_name)
+        settings = grid.check_settings(args.method, settings, args.protocol)
+        specs = [CellSpec(method=args.method, backbone=args.backbone or "tiny", reward=reward_name, seed=s,
+                          method_kwargs=settings, protocol=args.protocol, device=args.device or grid._default_device(),
+                          suite=args.suite or "single", results_dir=args.results_dir,
+                          **({"budget": args.budget} if args.budget is not None else {}))
+                 for s in seeds]
+        protocol_note = "no task, so no preset: the method's own defaults and the CellSpec's evaluation defaults"
+        preset = None
+    reward_kwargs = check_reward_args(reward_name, args.reward_kwargs) if args.reward_kwargs else None
+    changes: dict[str, Any] = {}
+    for key in ("batch_size", "eval_every", "dtype", "backbone_path"):
+        if getattr(args, key) is not None:
+            changes[key] = getattr(args, key)
+    specs = [dataclasses.replace(s, **changes, **({"reward_kwargs": {**s.reward_kwargs, **reward_kwargs}}
+                                                 if reward_kwargs else {})) for s in specs]
+    for s in specs:
+        s.validate()
     rows = []
-    for seed in seeds:
-        spec = CellSpec(method=args.method, backbone=args.backbone or spec_kwargs.pop("backbone", "tiny"),
-                        seed=seed, method_kwargs=method_kwargs, protocol=args.protocol, device=device,
-                        suite=suite, results_dir=args.results_dir, **spec_kwargs)
-        print(f"cell {spec.cell_id}: {spec.method} on {spec.backbone}, reward {spec.reward}, "
-              f"budget {spec.budget} samples, seed {seed}", flush=True)
+    for spec in specs:
+        out = Path(spec.results_dir) / spec.suite
+        print(f"cell {spec.cell_id}: {spec.method} on {spec.backbone}, "
+              f"{'task ' + spec.task + ', ' if spec.task else ''}reward {spec.reward}, seed {spec.seed}\n"
+              f"  {protocol_note}; budget {spec.budget} samples, batch {spec.batch_size}, evaluation every "
+              f"{spec.eval_every} samples on {len(spec.eval_prompts)} prompts x {spec.eval_images_per_prompt} "
+              f"images; device {spec.device}", flush=True)
         row, curve = run_cell(spec, on_progress=lambda p: print(
             f"  samples {p['samples']:>5}  eval reward {p['reward']:.4f}", flush=True))
         if row["message"]:
             print(f"  note: {row['message']}")
-        out = Path(args.results_dir) / suite
-        append_rows(out / "cells.csv", [row], key=["cell_id"])
         append_rows(out / "curves.csv", curve, key=["cell_id", "samples"])
+        append_rows(out / "cells.csv", [row], key=["cell_id"])
         print(f"  {row['status']}: {row['eval_reward']} {row['reward_initial']:.4f} -> {row['reward_final']:.4f} "
               f"in {row['train_wall_s']:.1f}s training ({row['samples_per_s']:.2f} samples/s, "
-              f"peak {row['peak_mem_mb']:.0f} MB); row appended to {out / 'cells.csv'}", flush=True)
+              f"peak {row['peak_mem_mb']:.0f} MB); row appended to {out / 'cells.csv'}; images in {spec.cell_dir()}",
+              flush=True)
+        if preset is not None:
+            committed = read_csv(Path("results") / preset.name / "cells.csv")
+            hit = committed[committed["cell_id"] == spec.cell_id] if "cell_id" in committed else committed
+            if len(hit):
+                r = hit.iloc[-1]
+                print(f"  the committed grid has this cell (results/{preset.name}/cells.csv): "
+                      f"{r['reward_initial']:.4f} -> {r['reward_final']:.4f}")
         rows.append(row)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
+
+
+def _protocol_text(preset) -> str:
+    p = preset.protocol
+    text = ", ".join(f"{k} {v}" for k, v in p.items())
+    if preset.method_overrides:
+        text += "; " + "; ".join(f"{m}: " + ", ".join(f"{k} {v}" for k, v in o.items())
+                                 for m, o in preset.method_overrides.items())
+    return text
+
+
+def check_reward_args(reward: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``--reward-arg`` keys and value types against the reward factory's signature (before anything loads)."""
+    import rewards
+
+    from bench.args import check_typed, factory_hints
+
+    return check_typed(reward, kwargs, factory_hints(rewards.base.get(reward)), flag="--reward-arg")
 
 
 # ---------------------------------------------------------------------------------------------------------- list
@@ -211,47 +310,72 @@ def parse_lora(text: str) -> tuple[str, float]:
 def cmd_sample(args) -> int:
     import torch
 
-    from bench import backbones
-    from bench.cell import save_image_grid
+    from bench import backbones, images
     from methods.sampling import sample
 
+    if args.num < 1 or args.num_steps < 1:
+        raise UsageError("sample: --num and --num-steps must be >= 1")
+    if args.backbone == "shapes":
+        from bench.testbed.world import vocabulary_warning
+
+        for p in args.prompt:
+            if (warning := vocabulary_warning(p)) is not None:
+                print(warning, file=sys.stderr)
+    loras = [parse_lora(x) for x in args.lora or []]
+    for path, _ in loras:
+        if not Path(path).exists():
+            raise UsageError(f"sample: --lora {path!r} not found (a directory holding pytorch_lora_weights.safetensors,"
+                             f" e.g. runs/quick/cells/<cell>/lora)")
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     kw = {"path": args.backbone_path} if args.backbone_path else {}
-    backbone = backbones.create(args.backbone, device=device, lora_rank=None if args.lora else 4, **kw)
-    if args.lora:
-        backbone.load_loras([parse_lora(x) for x in args.lora])
-    prompts = [p for p in args.prompt for _ in range(args.num)]
+    backbone = backbones.create(args.backbone, device=device, lora_rank=None if loras else 4, **kw)
+    if loras:
+        backbone.load_loras(loras)
+    # row i holds noise i of every prompt: one column per prompt
+    prompts = [p for _ in range(args.num) for p in args.prompt]
     gen = torch.Generator().manual_seed(args.seed)
     noise = torch.randn(backbone.latent_shape(len(prompts)), generator=gen).to(backbone.device)
     with torch.no_grad():
         out = sample(backbone, backbone.encode_prompts(prompts), noise, num_steps=args.num_steps,
                      guidance_scale=args.guidance_scale, eta=0.0)
-        images = backbone.decode(out.latents)
-    save_image_grid(images.cpu(), Path(args.out), nrow=args.num)
-    print(f"wrote {args.out} ({len(prompts)} images)")
+        imgs = backbone.decode(out.latents).cpu()
+    lora_text = ", ".join(f"{Path(p).parent.name or p} x{s:g}" for p, s in loras) if loras else "no LoRA"
+    images.save_grid(args.out, list(imgs.split(len(args.prompt))), col_labels=args.prompt,
+                     row_labels=[f"seed {args.seed}, #{i}" for i in range(args.num)],
+                     title=f"{args.backbone} ({lora_text}), {args.num_steps} DDIM steps, CFG {args.guidance_scale:g}")
+    print(f"wrote {args.out} ({len(prompts)} images: {len(args.prompt)} prompts x {args.num})")
     return 0
 
 
 def add_sample_parser(sub) -> None:
-    p = sub.add_parser("sample", help="sample a PNG grid from a backbone, optionally with LoRAs")
+    p = sub.add_parser("sample", help="sample a PNG grid from a backbone, optionally with LoRAs",
+                       description="Sample images for prompts (one column per prompt, the prompt under it) from a "
+                                   "backbone, optionally with trained LoRAs mixed at given scales.",
+                       epilog=examples(
+                           'python -m bench sample --prompt "a red circle on a white background" --out grid.png',
+                           'python -m bench sample --lora runs/quick/cells/<cell>/lora:0.6 '
+                           '--prompt "a blue square on a black background"'))
     p.add_argument("--backbone", default="shapes")
     p.add_argument("--backbone-path", default=None)
     p.add_argument("--prompt", action="append", required=True, help="repeatable")
     p.add_argument("--lora", action="append", metavar="PATH[:SCALE]", help="repeatable: mixes LoRAs")
-    p.add_argument("--num", type=int, default=8, help="images per prompt")
+    p.add_argument("--num", type=int, default=4, help="images per prompt")
     p.add_argument("--num-steps", type=int, default=20)
-    p.add_argument("--guidance-scale", type=float, default=5.0)
+    p.add_argument("--guidance-scale", type=float, default=3.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
-    p.add_argument("--out", default="grid.png")
+    p.add_argument("--out", default="runs/sample.png")
 
 
 # ----------------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m bench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    parser = Parser(prog="python -m bench", description=__doc__, epilog=examples(
+        "python -m bench run --grid", "python -m bench list methods", "python -m bench run --help"))
+    sub = parser.add_subparsers(dest="command", parser_class=Parser)
     add_run_parser(sub)
-    p = sub.add_parser("list", help="backbones, methods, rewards, tasks, presets")
+    p = sub.add_parser("list", help="backbones, methods, rewards, tasks, presets",
+                       description="List what is registered: backbones, methods, rewards, tasks, presets.",
+                       epilog=examples("python -m bench list", "python -m bench list tasks"))
     p.add_argument("what", nargs="?", choices=["backbones", "methods", "rewards", "tasks", "presets"])
     add_sample_parser(sub)
     for name, module, help_ in EXTRA_COMMANDS:
@@ -260,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: subcommands whose modules parse their own arguments: (name, module with main(argv), help)
+#: subcommands whose modules parse their own arguments (and have their own --help): (name, module, help)
 EXTRA_COMMANDS = [
     ("testbed", "bench.testbed.cli", "train the shapes testbed's models, measure its quality gates"),
     ("leaderboard", "bench.leaderboard", "rebuild markdown tables and plots from a results directory"),
@@ -271,19 +395,20 @@ EXTRA_COMMANDS = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_libraries()
     try:
+        extra = {name: module for name, module, _ in EXTRA_COMMANDS}
+        if argv and argv[0] in extra:  # these parse their own arguments, --help included
+            return int(importlib.import_module(extra[argv[0]]).main(argv[1:]) or 0)
         parser = build_parser()
         args = parser.parse_args(argv)
         args.argv = argv
         if not args.command:
             parser.print_help()
             return EXIT_USAGE
-        extra = {name: module for name, module, _ in EXTRA_COMMANDS}
-        _load_plugins()
-        if args.command in extra:
-            return int(importlib.import_module(extra[args.command]).main(args.rest) or 0)
+        if args.command == "run":
+            precheck_run(args)  # before any model library is imported
+        catalog.load_registries([p for p in (getattr(args, "plugins", None) or "").split(",") if p])
         return {"run": cmd_run, "list": cmd_list, "sample": cmd_sample}[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -297,15 +422,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _quiet_libraries() -> None:
+    """Quiet diffusers' and transformers' info logs and progress bars, by environment (importing them costs
+    seconds, which a mistyped name should not pay)."""
     import warnings
 
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers 5: "Loading weights" bars
     warnings.filterwarnings("ignore", message=".*kept in float32.*")
-    try:
-        from diffusers.utils import logging as dlog
-
-        dlog.set_verbosity_error()
-        from transformers.utils import logging as tlog
-
-        tlog.set_verbosity_error()
-    except ImportError:
-        pass

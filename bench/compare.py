@@ -26,6 +26,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from bench.args import Parser, UsageError, examples
 from bench.results import read_csv
 
 KEY = ["backbone", "method", "task", "seed", "protocol", "budget"]
@@ -33,8 +34,6 @@ NEEDED = KEY + ["status", "reward_final"]
 
 
 def _load(path: str) -> pd.DataFrame:
-    from bench.cli import UsageError
-
     p = Path(path)
     if not p.exists():
         raise UsageError(f"compare: {p} not found")
@@ -103,9 +102,9 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, *, gain_fraction: float = 0.2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.cli import _Parser
-
-    parser = _Parser(prog="python -m bench compare", description=__doc__,
+    parser = Parser(prog="python -m bench compare", description=__doc__, epilog=examples(
+        "python -m bench compare results/quick/cells.csv runs/quick/cells.csv   # a new run vs the committed one",
+        "python -m bench compare results/ci/baseline.csv runs/ci/cells.csv"),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("base")
     parser.add_argument("new")
@@ -116,8 +115,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--min-drop", type=float, default=0.0, help="a drop below this never fails (default 0)")
     parser.add_argument("--memory-tolerance", type=float, default=0.10, help="allowed peak-memory growth (0.10)")
     args = parser.parse_args(argv)
-    from bench.cli import UsageError
-
     if min(args.gain_fraction, args.rel_floor, args.min_drop, args.memory_tolerance) < 0:
         raise UsageError("compare: --gain-fraction, --rel-floor, --min-drop and --memory-tolerance must be >= 0")
     rows, regressions = compare(_load(args.base), _load(args.new), gain_fraction=args.gain_fraction,

@@ -32,13 +32,14 @@ from typing import Any, Sequence
 
 from bench import presets as presets_mod
 from bench import tasks as tasks_mod
+from bench.args import UsageError, check_typed, config_hints, parse_settings, parse_shard
 from bench.results import append_rows, read_csv, write_atomic
 
 FINISHED = ("ok", "nan")
 FAILED = ("error", "oom", "crashed")
 
 
-class GridError(ValueError):
+class GridError(UsageError):
     """Bad grid input (unknown preset, method, task; malformed option): one line, exit 2."""
 
 
@@ -56,18 +57,6 @@ def _select(names: Sequence[str], spec: str | None, kind: str, known: Sequence[s
     if not out:
         raise GridError(f"--{kind}s selects nothing")
     return out
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    if text is None:
-        return 0, 1
-    try:
-        i, n = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise GridError(f"--shard expects i/n with 0 <= i < n, got {text!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise GridError(f"--shard expects i/n with 0 <= i < n, got {text!r}")
-    return i, n
 
 
 def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str | None = None,
@@ -119,7 +108,7 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
                 settings.update({k: v for k, v in preset.protocol.items() if k in config_fields})
                 settings.update(preset.method_overrides.get(m, {}))
             settings.update(method_settings or {})
-            _check_settings(m, settings, protocol)
+            settings = check_settings(m, settings, protocol)
             for seed in (seeds if seeds is not None else preset.seeds):
                 key = (kw["backbone"], *weights_rewards(kw))
                 if key not in fingerprints:
@@ -136,24 +125,25 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
     return specs, notes
 
 
-def _check_settings(method: str, settings: dict[str, Any], protocol: str) -> None:
-    """Invalid method settings fail before the grid starts (one line, exit 2), not in every cell."""
+def check_settings(method: str, settings: dict[str, Any], protocol: str) -> dict[str, Any]:
+    """Method settings checked before anything loads (one line, exit 2): every key a field of the method's config,
+    every value of the field's type (``truncation_steps=2.5`` is not an integer), then the config's own range checks.
+    Returns the settings with values coerced to their types (``2.0`` -> ``2``)."""
     import methods as methods_pkg
 
     factory = methods_pkg.get(method)
     config_cls = getattr(factory, "Config", None)
     if not dataclasses.is_dataclass(config_cls):
-        return
+        return settings
+    hints = config_hints(config_cls)
+    settings = check_typed(method, settings, hints)
     merged = dict(getattr(factory, "REFERENCE", {})) if protocol == "reference" else {}
     merged.update(settings)
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    unknown = sorted(set(merged) - names)
-    if unknown:
-        raise GridError(f"{method}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
     try:
         config_cls(**merged).validate()
-    except ValueError as err:
+    except (ValueError, TypeError) as err:
         raise GridError(f"{method}: {err}") from None
+    return settings
 
 
 def merge_run_info(previous: dict | None, new: dict) -> dict:
@@ -451,7 +441,7 @@ def machine() -> str:
 
 def run_from_args(args) -> int:
     """``python -m bench run --grid [--preset P] [--methods ..] [--tasks ..] [--seeds ..] [--budget N] ...``."""
-    from bench.cli import UsageError, _seed_list, parse_settings
+    from bench.args import parse_seeds
 
     try:
         preset = presets_mod.get(args.preset or "quick")
@@ -461,7 +451,7 @@ def run_from_args(args) -> int:
                 importlib.import_module(name)
             except ImportError as err:
                 raise GridError(f"--plugins: cannot import {name!r}: {err}") from None
-        seeds = _seed_list(args.seeds) if args.seeds is not None else None
+        seeds = parse_seeds(getattr(args, "seed", None), args.seeds)
         jobs = args.jobs if getattr(args, "jobs", None) is not None else preset.jobs
         if jobs < 1:
             raise GridError(f"--jobs must be >= 1, got {jobs}")
@@ -473,12 +463,15 @@ def run_from_args(args) -> int:
         specs, notes = plan(preset, methods=args.method, tasks=args.task, seeds=seeds, budget=args.budget,
                             device=args.device, protocol=args.protocol, suite=args.suite,
                             results_dir=args.results_dir, method_settings=settings, backbone=args.backbone)
-    except GridError as err:
+    except ValueError as err:
         raise UsageError(str(err)) from None
     if args.batch_size is not None:
         specs = [dataclasses.replace(s, batch_size=args.batch_size) for s in specs]
     if args.eval_every is not None:
         specs = [dataclasses.replace(s, eval_every=args.eval_every) for s in specs]
+    for key in ("dtype", "backbone_path"):
+        if getattr(args, key, None) is not None:
+            specs = [dataclasses.replace(s, **{key: getattr(args, key)}) for s in specs]
     specs = shard(specs, i, n)
     if args.limit is not None:
         specs = specs[: args.limit]

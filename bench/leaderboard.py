@@ -2,7 +2,9 @@
 ``curves.csv`` (nothing is recomputed from images or weights).
 
 Per task, methods are ranked by their final evaluation reward at the same budget: mean ± 95% interval over seeds
-(Student t). Beside it: the initial reward, the area under the reward-vs-samples curve, samples to threshold (the
+(Student t; with one seed the value alone). Methods whose 95% intervals overlap the group leader's share a rank (a
+tie): over seeds where there are several, else over the cell's evaluation images (the only noise one seed
+measures). Beside it: the initial reward, the area under the reward-vs-samples curve, samples to threshold (the
 first evaluated sample count reaching half the task's best gain: initial + ½·(best final − initial)), extra evaluation
 rewards (the testbed's gold aesthetic beside the proxy), diversity, peak memory, samples/s and seconds per optimiser
 step split into sampling / reward / backward.
@@ -19,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from bench import metrics
+from bench.args import Parser, UsageError, examples
 from bench.results import read_csv, write_atomic
 
 
@@ -28,10 +31,34 @@ def _fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}"
 
 
-def _pm(mean: float, half: float) -> str:
+def _pm(mean: float, half: float, seeds: int = 2) -> str:
+    """``mean ± half`` over seeds; with one seed there is no interval over seeds: the value alone."""
     if not math.isfinite(mean):
         return "–"
-    return f"{mean:.4g} ± {half:.2g}" if math.isfinite(half) else f"{mean:.4g}"
+    return f"{mean:.4g} ± {half:.2g}" if seeds > 1 and math.isfinite(half) else f"{mean:.4g}"
+
+
+def tie_groups(means: Sequence[float], halves: Sequence[float]) -> list[int]:
+    """Rank groups for methods sorted by mean (descending): a method joins the current group when its 95% interval
+    overlaps the group leader's (the best method not yet ranked); the next method that does not starts a new group.
+    Returns the group number (1-based) of each method. A NaN half-width never ties."""
+    groups, leader, g = [], None, 0
+    for m, h in zip(means, halves):
+        h = h if math.isfinite(h) else 0.0
+        if leader is None or not (m + h >= leader[0] - leader[1]):
+            g += 1
+            leader = (m, h)
+        groups.append(g)
+    return groups
+
+
+def _ci_images(std: float, n: float) -> float:
+    """Half-width of the 95% interval of a mean over ``n`` evaluation images with standard deviation ``std``."""
+    if not (n and n > 1 and math.isfinite(std)):
+        return math.nan
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, int(n) - 1) * std / math.sqrt(n))
 
 
 def extra_reward_columns(cells: pd.DataFrame) -> list[str]:
@@ -62,8 +89,12 @@ def task_summary(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
             col = curve_column(row)
             if not c.empty and col in c:
                 s2t.append(metrics.samples_to_threshold(c["samples"].tolist(), c[col].tolist(), threshold))
+        n_images = float(g["eval_images"].mean()) if "eval_images" in g else math.nan
+        image_half = _ci_images(float(g["reward_final_std"].mean()), n_images) if "reward_final_std" in g \
+            else math.nan
         entry = {"method": method, "budget": int(budget), "protocol": protocol, "seeds": len(g),
-                 "final": final, "final_ci95": half, "initial": float(g["reward_initial"].mean()),
+                 "final": final, "final_ci95": half, "eval_images": n_images,
+                 "tie_half": half if len(g) > 1 else image_half, "initial": float(g["reward_initial"].mean()),
                  "auc": float(g["reward_auc"].mean()),
                  "samples_to_threshold": float(np.nanmedian(s2t)) if s2t and not all(map(math.isnan, s2t))
                  else math.nan,
@@ -77,7 +108,9 @@ def task_summary(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
             entry[c] = m
             entry[c + "_ci95"] = h
         out.append(entry)
-    return pd.DataFrame(out).sort_values("final", ascending=False).reset_index(drop=True)
+    table = pd.DataFrame(out).sort_values("final", ascending=False).reset_index(drop=True)
+    table["group"] = tie_groups(table["final"].tolist(), table["tie_half"].tolist())
+    return table
 
 
 def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dict) -> str:
@@ -102,12 +135,23 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
     versions = cells["versions"].dropna().unique().tolist() if "versions" in cells else []
     codes = cells["code_version"].dropna().unique().tolist() if "code_version" in cells else []
     devices = cells["device"].dropna().unique().tolist() if "device" in cells else []
+    n_images = sorted({int(x) for x in cells["eval_images"].dropna()}) if "eval_images" in cells else []
+    seed_counts = sorted(cells[cells["status"] == "ok"].groupby(["task", "method"]).size().unique().tolist())
+    one_seed = seed_counts == [1]
     lines += [f"- devices: {', '.join(map(str, devices))}; libraries: {'; '.join(map(str, versions))}; "
-              f"code: {', '.join(map(str, codes))}", "",
-              "Ranked by final evaluation reward (mean ± 95% interval over seeds; ± 0 with one seed). "
+              f"code: {', '.join(map(str, codes))}",
+              f"- evaluation: {' or '.join(map(str, n_images)) or '?'} images per cell (held-out prompts × fixed "
+              f"noises); seeds per method: {', '.join(map(str, seed_counts)) or '–'}", "",
+              ("Ranked by final evaluation reward: 1 seed, so the value alone (no interval over seeds). "
+               if one_seed else "Ranked by final evaluation reward: mean ± 95% interval over seeds (Student t). ") +
+              "Methods share a rank (shown `=`) when their 95% interval overlaps that of the best method not yet "
+              "ranked: " + ("with one seed the interval is over the cell's evaluation images, so a tie says the "
+                            "evaluation cannot tell the two apart, and a rank does not say a different training seed "
+                            "would agree. " if one_seed else "the interval over seeds (over evaluation images for a "
+                                                             "method with one seed). ") +
               "AUC: mean reward over training (area under reward vs samples). Samples→thr: first evaluated sample "
-              "count reaching half the task's best gain. Memory: CUDA max allocated (GPU) or process peak RSS (CPU).",
-              ""]
+              "count reaching the task's threshold, half its best gain (initial + ½·(best final − initial)). "
+              "Memory: CUDA max allocated (GPU) or process peak RSS (CPU).", ""]
     for task in sorted(cells["task"].dropna().unique()):
         tc = cells[cells["task"] == task]
         summary = task_summary(tc, curves)
@@ -122,10 +166,13 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
                    [c[: -len("_final")] for c in extras] + \
                    ["diversity", "seeds", "samples", "queries", "peak MB", "samples/s", "s/step sample·reward·backward"]
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            sizes = summary["group"].value_counts()
             for i, r in summary.iterrows():
-                cols = [str(i + 1), f"**{r['method']}**" if i == 0 else r["method"], _pm(r["final"], r["final_ci95"]),
+                rank = f"{r['group']}=" if sizes[r["group"]] > 1 else str(r["group"])
+                cols = [rank, f"**{r['method']}**" if r["group"] == 1 else r["method"],
+                        _pm(r["final"], r["final_ci95"], r["seeds"]),
                         _fmt(r["initial"]), _fmt(r["auc"]), _fmt(r["samples_to_threshold"])]
-                cols += [_pm(r[c], r[c + "_ci95"]) for c in extras]
+                cols += [_pm(r[c], r[c + "_ci95"], r["seeds"]) for c in extras]
                 cols += [_fmt(r["diversity_final"], 3), str(r["seeds"]), str(r["budget"]), _fmt(r["reward_queries"]),
                          _fmt(r["peak_mem_mb"], 5), _fmt(r["samples_per_s"], 3),
                          f"{_fmt(r['s_sampling'], 2)}·{_fmt(r['s_reward'], 2)}·{_fmt(r['s_backward'], 2)}"]
@@ -160,77 +207,130 @@ def _mean_curve(cells: pd.DataFrame, curves: pd.DataFrame, method: str,
     return grid, np.nanmean(per_seed, axis=0)
 
 
+def _reach(grid: np.ndarray, mean: np.ndarray, target: float, budget: int) -> str:
+    s = metrics.samples_to_threshold(grid, mean, target) if len(grid) else math.nan
+    return f"not within its {budget} samples" if math.isnan(s) else f"{int(s)}"
+
+
 def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
-    """The papers' qualitative claims, checked on this suite's numbers (no claim is assumed)."""
+    """The papers' qualitative claims, each with the rule it tests, the numbers it uses (curves averaged over seeds,
+    at the evaluated sample counts) and a verdict. No claim is assumed."""
     ok = cells[cells["status"] == "ok"]
     seeds = sorted(ok.groupby(["task", "method"]).size().unique().tolist())
     out = ["## The papers' claims, as measured here", "",
-           f"Seeds per cell: {seeds}" + ("; with fewer than 3 seeds these are indications, not evidence."
-                                         if min(seeds, default=0) < 3 else "; means over seeds."), ""]
+           f"Seeds per method: {', '.join(map(str, seeds)) or '–'}" +
+           ("; with fewer than 3 seeds these are indications, not evidence." if min(seeds, default=0) < 3
+            else "; curves are means over seeds.") +
+           " \"Reaches X at N\": N is the first evaluated sample count at which the method's mean evaluation reward "
+           "is ≥ X.", ""]
+    budget_of = lambda tc, m: int(tc.loc[tc["method"] == m, "budget"].max())  # noqa: E731
     for task in sorted(ok["task"].unique()):
         tc = ok[ok["task"] == task]
         finals = tc.groupby("method")["reward_final"].mean()
         if "ddpo" in finals:
             target = finals["ddpo"]
             ddpo_initial = tc.loc[tc["method"] == "ddpo", "reward_initial"].mean()
-            ddpo_budget = int(tc.loc[tc["method"] == "ddpo", "budget"].max())  # DDPO's own (cells may differ)
-            gains = []
+            ddpo_budget = budget_of(tc, "ddpo")
+            limit = ddpo_budget / 10
+            reached = {}
             for m in [m for m in GRADIENT_METHODS if m in finals]:
                 grid, mean = _mean_curve(tc, curves, m)
-                s = metrics.samples_to_threshold(grid, mean, target) if len(grid) else math.nan
-                gains.append(f"{m} {'never' if math.isnan(s) else int(s)}")
-            out.append(f"- {task}: samples to reach DDPO's final reward {target:.4g} (DDPO used {ddpo_budget}; the "
-                       f"claim needs ≤ {ddpo_budget // 10}): " + ", ".join(gains) + (
-                "" if target > ddpo_initial else " — DDPO did not improve on its initial reward, so this is "
-                "not a test of the claim"))
+                reached[m] = (metrics.samples_to_threshold(grid, mean, target) if len(grid) else math.nan,
+                              _reach(grid, mean, target, budget_of(tc, m)))
+            first_eval = min((g.min() for g in [np.array(sorted(curves.loc[curves["cell_id"].isin(tc["cell_id"]),
+                                                                            "samples"].unique()))] if len(g)
+                              for g in [g[g > 0]] if len(g)), default=math.nan)
+            if not target > ddpo_initial:
+                verdict = "not testable: DDPO did not improve on its initial reward"
+            elif any(v[0] <= limit for v in reached.values() if math.isfinite(v[0])):
+                verdict = "holds"
+            elif math.isfinite(first_eval) and first_eval > limit:
+                verdict = (f"not testable at this evaluation grid: the first evaluation after training is at "
+                           f"{int(first_eval)} samples, more than {limit:g}")
+            else:
+                verdict = "does not hold"
+            out.append(f"- {task} — claim: a gradient method reaches DDPO's final reward {target:.4g} (DDPO: "
+                       f"{ddpo_initial:.4g} → {target:.4g} in {ddpo_budget} samples) within {limit:g} samples "
+                       f"(10× fewer). Measured: " + ", ".join(f"{m} {v[1]}" for m, v in reached.items()) +
+                       f". Verdict: {verdict}.")
         if "draft-lv" in finals and "draft-1" in finals:
             grid, mean = _mean_curve(tc, curves, "draft-lv")
+            b1 = budget_of(tc, "draft-1")
             s = metrics.samples_to_threshold(grid, mean, finals["draft-1"]) if len(grid) else math.nan
-            out.append(f"- {task}: DRaFT-LV reaches DRaFT-1's final {finals['draft-1']:.4g} after "
-                       f"{'never' if math.isnan(s) else int(s)} samples (DRaFT-1 used "
-                       f"{int(tc.loc[tc['method'] == 'draft-1', 'budget'].max())})")
+            verdict = "holds" if math.isfinite(s) and s < b1 else "does not hold"
+            out.append(f"- {task} — claim: DRaFT-LV reaches DRaFT-1's final reward {finals['draft-1']:.4g} "
+                       f"(at {b1} samples) with fewer samples than {b1}. Measured: DRaFT-LV "
+                       f"{_reach(grid, mean, finals['draft-1'], budget_of(tc, 'draft-lv'))}"
+                       f"{' samples' if math.isfinite(s) else ''} (final {finals['draft-lv']:.4g}). "
+                       f"Verdict: {verdict}.")
     trunc = [m for m in ("draft-1", "draft-k") if m in ok["method"].unique()]
     if "draft" in cells["method"].unique() and trunc:
         for task in sorted(cells["task"].unique()):
-            parts = []
+            stats = {}
             for m in ["draft"] + trunc:
                 g = cells[(cells["method"] == m) & (cells["task"] == task)]
                 if g.empty:
                     continue
-                fails = int((g["status"] != "ok").sum())
                 drops = []
                 for _, r in g[g["status"] == "ok"].iterrows():
                     c = curves[curves["cell_id"] == r["cell_id"]].sort_values("samples")
                     col = curve_column(r)
                     if col in c and len(c) > 1:
                         drops.append(float(np.max(np.maximum.accumulate(c[col].values) - c[col].values)))
-                finals = g.loc[g["status"] == "ok", "reward_final"]
-                parts.append(f"{m}: {fails} failed cells, mean largest drop below its running best "
-                             f"{np.mean(drops) if drops else math.nan:.3g}, final reward sd over seeds "
-                             f"{finals.std(ddof=1) if len(finals) > 1 else math.nan:.3g}")
-            out.append(f"- {task}: stability (full backprop vs truncated): " + "; ".join(parts))
+                finals_m = g.loc[g["status"] == "ok", "reward_final"]
+                stats[m] = (int((g["status"] != "ok").sum()), float(np.mean(drops)) if drops else math.nan,
+                            finals_m.std(ddof=1) if len(finals_m) > 1 else math.nan)
+            if "draft" not in stats or len(stats) < 2:
+                continue
+            full = stats["draft"]
+            others = [v for k, v in stats.items() if k != "draft"]
+            holds = all(full[0] > o[0] for o in others) or all(
+                math.isfinite(full[1]) and math.isfinite(o[1]) and full[1] > o[1] for o in others)
+            out.append(f"- {task} — claim: full backpropagation (DRaFT) is less stable than truncated (" +
+                       "/".join(k for k in stats if k != "draft") + "); rule: more failed cells, or a larger mean "
+                       "drop below the running best reward during training, than every truncated variant. Measured: " +
+                       "; ".join(f"{m}: {v[0]} failed, mean drop {v[1]:.3g}, final sd over seeds "
+                                 f"{'–' if not math.isfinite(v[2]) else f'{v[2]:.3g}'}" for m, v in stats.items()) +
+                       f". Verdict: {'holds' if holds else 'does not hold'}.")
     gold_col = next((c for c in cells.columns if c.startswith("shapes-gold-aesthetic") and c.endswith("_final")), None)
     if gold_col:
         init_col = gold_col.replace("_final", "_initial")
         gold_curve = gold_col.replace("_final", "_mean")
         ga = ok[ok[gold_col].notna()]
         for m, g in ga.groupby("method"):
-            line = (f"- over-optimisation, {m}: proxy {g['reward_initial'].mean():.4g} → {g['reward_final'].mean():.4g}, "
-                    f"gold {g[init_col].mean():.4g} → {g[gold_col].mean():.4g}")
+            p0, p1 = g["reward_initial"].mean(), g["reward_final"].mean()
+            g0, g1 = g[init_col].mean(), g[gold_col].mean()
+            line = (f"- over-optimisation, {m} — claim: the proxy reward rises while the gold one falls; rule: proxy "
+                    f"final > initial and gold final < initial. Measured: proxy {p0:.4g} → {p1:.4g}, gold "
+                    f"{g0:.4g} → {g1:.4g}")
             grid, gold = _mean_curve(ga, curves, m, gold_curve)
             if len(grid) > 2 and np.isfinite(gold).any():
                 peak = int(np.nanargmax(gold))
-                _, proxy = _mean_curve(ga, curves, m)
-                line += (f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples" + (
-                    f", then falls by {gold[peak] - gold[-1]:.3g} while the proxy changes by "
-                    f"{proxy[-1] - proxy[peak]:+.3g}" if peak < len(grid) - 1 else " (the last evaluation)"))
+                line += f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples"
+            line += f". Verdict: {'holds' if p1 > p0 and g1 < g0 else 'does not hold'}."
             out.append(line)
     out.append("")
     return out
 
 
 def build(out_dir: str | Path, plots: bool = True) -> str:
+    """Write ``leaderboard.md`` (and ``plots/``) from the CSVs; returns the markdown."""
     out_dir = Path(out_dir)
+    text, cells, curves = _render(out_dir)
+    write_atomic(out_dir / "leaderboard.md", text)
+    if plots:
+        from bench import plots as plots_mod
+
+        plots_mod.write_all(out_dir, cells, curves)
+    return text
+
+
+def render(out_dir: str | Path) -> str:
+    """The markdown that ``build`` would write, without writing anything."""
+    return _render(Path(out_dir))[0]
+
+
+def _render(out_dir: Path):
     cells = read_csv(out_dir / "cells.csv")
     if cells.empty:
         raise FileNotFoundError(f"no cells in {out_dir / 'cells.csv'}")
@@ -242,25 +342,28 @@ def build(out_dir: str | Path, plots: bool = True) -> str:
                 "budget"):
         if col not in cells:
             cells[col] = math.nan
-    text = markdown(out_dir, cells, curves, info)
-    write_atomic(out_dir / "leaderboard.md", text)
-    if plots:
-        from bench import plots as plots_mod
-
-        plots_mod.write_all(out_dir, cells, curves)
-    return text
+    return markdown(out_dir, cells, curves, info), cells, curves
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.cli import UsageError, _Parser
-
-    parser = _Parser(prog="python -m bench leaderboard", description=__doc__,
+    parser = Parser(prog="python -m bench leaderboard", description=__doc__, epilog=examples(
+        "python -m bench leaderboard runs/quick             # rewrite runs/quick/leaderboard.md and plots/",
+        "python -m bench leaderboard results/quick --check  # exit 1 if the committed leaderboard.md is stale"),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", help="a results directory holding cells.csv and curves.csv")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 if DIR/leaderboard.md differs "
+                        "from what the CSVs rebuild")
     args = parser.parse_args(argv)
     directory = Path(args.directory)
     if not (directory / "cells.csv").exists():
         raise UsageError(f"leaderboard: {directory / 'cells.csv'} not found")
+    if args.check:
+        current = (directory / "leaderboard.md").read_text() if (directory / "leaderboard.md").exists() else ""
+        if current != render(directory):
+            print(f"{directory / 'leaderboard.md'} is stale: rebuild it with python -m bench leaderboard {directory}")
+            return 1
+        print(f"{directory / 'leaderboard.md'} matches its CSVs")
+        return 0
     print(build(directory, plots=not args.no_plots))
     return 0

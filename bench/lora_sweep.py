@@ -7,7 +7,8 @@ and fixed noise:
 * mixing (with ``--task-b``): θ + α·Δ_A + β·Δ_B for α, β in ``--mix-scales`` (default 0, .5, 1), each mixture
   scored by both tasks' rewards.
 
-Writes ``DIR/lora_sweep/<method>__<A>[__<B>].csv``, a markdown table and a plot.
+Writes ``runs/lora-sweep/<method>__<A>[__<B>].csv`` (``--out``), a markdown table, a plot and an image grid (one
+row per α, the prompt under each column, the same noise in every row).
 """
 from __future__ import annotations
 
@@ -19,12 +20,11 @@ from typing import Sequence
 
 import pandas as pd
 
+from bench.args import Parser, UsageError, examples
 from bench.results import read_csv, write_atomic
 
 
 def _floats(text: str) -> list[float]:
-    from bench.cli import UsageError
-
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -32,8 +32,6 @@ def _floats(text: str) -> list[float]:
 
 
 def find_cell(cells: pd.DataFrame, method: str, task: str, seed: int) -> pd.Series:
-    from bench.cli import UsageError
-
     hit = cells[(cells["method"] == method) & (cells["task"] == task) & (cells["seed"] == seed) &
                 (cells["status"] == "ok")]
     if hit.empty:
@@ -42,9 +40,8 @@ def find_cell(cells: pd.DataFrame, method: str, task: str, seed: int) -> pd.Seri
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from bench.cli import UsageError, _Parser
-
-    parser = _Parser(prog="python -m bench lora-sweep", description=__doc__,
+    parser = Parser(prog="python -m bench lora-sweep", description=__doc__, epilog=examples(
+        "python -m bench lora-sweep results/quick --method draft-lv --task shapes-aesthetic --task-b shapes-alignment"),
                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", nargs="?", default="results/quick")
     parser.add_argument("--method", default="draft-lv")
@@ -57,6 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=None)
     parser.add_argument("--images-per-prompt", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="runs/lora-sweep", help="output directory (default runs/lora-sweep)")
     args = parser.parse_args(argv)
     directory = Path(args.directory)
     cells = read_csv(directory / "cells.csv")
@@ -72,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     import rewards
-    from bench import backbones, tasks
+    from bench import backbones, catalog, tasks
+
+    catalog.load_registries()
     from bench.cell import Evaluator
 
     task_names = [args.task] + ([args.task_b] if args.task_b else [])
@@ -99,24 +99,28 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 num_steps=num_steps, guidance_scale=guidance,
                                                 images_per_prompt=args.images_per_prompt, seed=1234))
 
-    def score(weights: list[float]) -> dict[str, float]:
+    sweep_images = []
+
+    def score(weights: list[float], keep: bool = False) -> dict[str, float]:
         backbone.unet.set_adapters(names, weights)
         out = {}
-        for t, (reward_name, ev) in evaluators.items():
-            s, _ = ev()
+        for i, (t, (reward_name, ev)) in enumerate(evaluators.items()):
+            s, imgs = ev()
             out[f"{t}:{reward_name}"] = float(s[reward_name].mean())
+            if keep and i == 0:
+                sweep_images.append((weights[0], out[f"{t}:{reward_name}"], imgs[:: args.images_per_prompt]))
         return out
 
     results = []
     torch.manual_seed(0)
     for a in scales:
         weights = [a] + [0.0] * (len(loras) - 1)
-        results.append({"kind": "scale", "alpha": a, "beta": 0.0, **score(weights)})
+        results.append({"kind": "scale", "alpha": a, "beta": 0.0, **score(weights, keep=True)})
     if args.task_b:
         for a, b in itertools.product(mix, mix):
             results.append({"kind": "mix", "alpha": a, "beta": b, **score([a, b])})
     table = pd.DataFrame(results)
-    out = directory / "lora_sweep"
+    out = Path(args.out)
     stem = "__".join([args.method, *task_names])
     write_atomic(out / f"{stem}.csv", table.to_csv(index=False))
     md = [f"# LoRA sweep: {args.method}, A = {args.task}" + (f", B = {args.task_b}" if args.task_b else ""), "",
@@ -129,31 +133,46 @@ def main(argv: Sequence[str] | None = None) -> int:
                   " | ".join(f"{r[c]:.4g}" for c in table.columns if ":" in c) + " |")
     write_atomic(out / f"{stem}.md", "\n".join(md) + "\n")
     _plot(table, out / f"{stem}.png", args)
+    from bench import images
+
+    first_prompts = evaluators[args.task][1].prompts[:: args.images_per_prompt]
+    images.save_grid(out / f"{stem}_images.png", [im for _, _, im in sweep_images], col_labels=first_prompts,
+                     row_labels=[f"α = {a:g} ({r:.3g})" for a, r, _ in sweep_images],
+                     title=f"{args.method} LoRA of {args.task} scaled by α; reward per row; same noise per column")
     print("\n".join(md))
+    print(f"wrote {out / stem}.csv, .md, .png (plot) and {stem}_images.png")
     return 0
 
 
 def _plot(table: pd.DataFrame, path: Path, args) -> None:
+    """α against each task's reward (one axis per reward: their scales differ), legend below the data."""
     from bench.plots import _plt, _save
 
     plt = _plt()
     cols = [c for c in table.columns if ":" in c]
-    fig, axes = plt.subplots(1, 1 + bool(args.task_b), figsize=(5.5 * (1 + bool(args.task_b)), 4), squeeze=False)
     sc = table[table["kind"] == "scale"]
-    for c in cols:
-        axes[0][0].plot(sc["alpha"], sc[c], marker="o", label=c)
-    axes[0][0].set_xlabel(f"α (scale of the {args.task} LoRA)")
-    axes[0][0].set_ylabel("evaluation reward")
-    axes[0][0].legend(fontsize=8)
-    axes[0][0].grid(alpha=0.3)
-    if args.task_b:
-        mx = table[table["kind"] == "mix"]
-        for c in cols:
-            axes[0][1].scatter(mx["alpha"] + 0.02 * cols.index(c), mx[c], label=c)
-        for _, r in mx.iterrows():
-            axes[0][1].annotate(f"β={r['beta']:g}", (r["alpha"], r[cols[0]]), fontsize=7)
-        axes[0][1].set_xlabel("α (task A LoRA), annotated with β (task B LoRA)")
-        axes[0][1].legend(fontsize=8)
-        axes[0][1].grid(alpha=0.3)
+    mx = table[table["kind"] == "mix"]
+    ncols = len(cols) * (1 + bool(args.task_b))
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 4.2), squeeze=False)
+    for i, c in enumerate(cols):
+        ax = axes[0][i]
+        ax.plot(sc["alpha"], sc[c], marker="o", lw=2)
+        ax.set_xlabel(f"α: scale of the {args.task} LoRA", fontsize=11)
+        ax.set_ylabel(c.split(":", 1)[1], fontsize=11)
+        ax.set_title(f"task {c.split(':', 1)[0]}", fontsize=12)
+        ax.tick_params(labelsize=10)
+        ax.grid(alpha=0.3)
+        if args.task_b:
+            ax = axes[0][len(cols) + i]
+            for beta, g in mx.groupby("beta"):
+                ax.plot(g["alpha"], g[c], marker="o", lw=2, label=f"β = {beta:g}")
+            ax.set_xlabel(f"α ({args.task} LoRA); lines: β ({args.task_b} LoRA)", fontsize=11)
+            ax.set_ylabel(c.split(":", 1)[1], fontsize=11)
+            ax.set_title(f"mixing: task {c.split(':', 1)[0]}", fontsize=12)
+            ax.tick_params(labelsize=10)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=10, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=3, frameon=False)
+    fig.suptitle(f"LoRA sweep: {args.method}", fontsize=13)
+    fig.tight_layout()
     _save(fig, path)
     plt.close(fig)

@@ -52,10 +52,11 @@ SD_PROTOCOL = dict(sampler="ddim", num_steps=50, guidance_scale=7.5, eta=0.0)
 DDPO_ETA = {"ddpo": {"eta": 1.0}}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("quick", "every method × every testbed task on shapes, 1 seed, 32 samples: the default of --grid",
+    Preset("quick", "every method × every testbed task on shapes, 1 seed, 32 samples, evaluated on 8 held-out prompts "
+           "× 4 noises: the default of --grid",
            ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0], budget=32, batch_size=4, eval_every=16,
-           eval_prompts_limit=4, protocol=TESTBED_PROTOCOL, method_overrides=DDPO_ETA, device="cpu", jobs=2,
-           expected_time="≤ 15 min on 2 CPU cores"),
+           eval_images_per_prompt=4, protocol=TESTBED_PROTOCOL, method_overrides=DDPO_ETA, device="cpu", jobs=2,
+           expected_time="≈ 20 min on 2 CPU cores"),
     Preset("ci", "regression subset: 4 methods × 2 testbed tasks, 16 samples (compared with results/ci/baseline.csv)",
            ["ddpo", "draft-1", "draft-lv", "refl"], ["shapes-aesthetic", "shapes-circles-to-squares"],
            backbone="shapes", seeds=[0], budget=16, batch_size=4, eval_every=8, eval_prompts_limit=4,

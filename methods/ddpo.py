@@ -15,7 +15,8 @@ Algorithm (one ``step(prompts)`` = one DDPO epoch on this batch):
 
 What ``step()`` means here: unlike the gradient methods (one optimiser step per call), one DDPO call samples
 ``len(prompts)`` chains and then takes ``inner_epochs × ceil(len(prompts) / minibatch_size)`` optimiser steps, as the
-reference does; ``metrics["optimizer_steps"]`` reports how many. ``samples`` and ``reward_queries`` both equal
+reference does; ``metrics["optimizer_steps"]`` reports how many, and the harness's ``optimizer_steps`` column sums it
+over the run (``train_steps`` counts the ``step()`` calls). ``samples`` and ``reward_queries`` both equal
 ``len(prompts)`` (the PPO epochs reuse the stored transitions and never query the reward again).
 
 Zero-σ transitions (the final step of DDPM, or of DDIM with ``set_alpha_to_one=True``) are deterministic: their
@@ -136,7 +137,8 @@ class DDPO(Method):
         cpu = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator,
                                                               device=self.generator.device)))
         minibatches = math.ceil(batch / c.minibatch_size)
-        totals = {"approx_kl": 0.0, "clipfrac": 0.0, "loss": 0.0}
+        zero = torch.zeros((), device=trajectory.device)
+        totals = {"approx_kl": zero, "clipfrac": zero, "loss": zero}  # tensors: no host sync per PPO term
         terms = 0
         with self.timer("backward"):
             for epoch in range(c.inner_epochs):
@@ -152,9 +154,9 @@ class DDPO(Method):
                         old = old_log_probs[rows.to(old_log_probs.device), indices.to(old_log_probs.device)]
                         loss, info = ppo_clipped_loss(new, old, advantages[rows.to(advantages.device)], c.clip_range)
                         (loss / trained_per_sample).backward()
-                        totals["loss"] += float(loss.detach())
-                        totals["approx_kl"] += float(info["approx_kl"])
-                        totals["clipfrac"] += float(info["clipfrac"])
+                        totals["loss"] = totals["loss"] + loss.detach()
+                        totals["approx_kl"] = totals["approx_kl"] + info["approx_kl"].detach()
+                        totals["clipfrac"] = totals["clipfrac"] + info["clipfrac"].detach()
                         terms += 1
                     last = epoch == c.inner_epochs - 1 and m == minibatches - 1
                     if not last:  # the last minibatch's gradient is applied by Method.step (clip + optimiser step)

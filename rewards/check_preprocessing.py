@@ -7,7 +7,9 @@ the same class at the real resolution/patch size), make uint8 images (random noi
 
   aesthetic, imagereward   torchvision Resize(224, BICUBIC) + CenterCrop(224) + ToTensor + Normalize(CLIP)  (clip.load)
   pickscore                transformers CLIPImageProcessorPil (shortest_edge 224, bicubic, crop 224, CLIP mean/std)
-  hpsv2                    open_clip image_transform(224, resize_mode="longest") (keep ratio, pad, CLIP mean/std)
+  hpsv2                    hpsv2's own eval transform (its src/open_clip/transform.py, resize_longest_max=True):
+                           ToTensor, then ResizeMaxSize(224) on the *tensor* (torchvision bicubic, antialiased;
+                           pad to a square with black), CLIP mean/std: our pixels equal it bit for bit
   resnet50-class           torchvision ResNet50_Weights.IMAGENET1K_V2.transforms() (232 bilinear, crop 224)
   owlvit                   transformers OwlViTImageProcessorPil (768x768 bicubic, CLIP mean/std)
 
@@ -64,9 +66,30 @@ def structured_images(n: int, size: int, seed: int) -> np.ndarray:
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
+def hpsv2_transform(size: int = 224):
+    """The hpsv2 package's evaluation transform, transcribed from its ``src/open_clip/transform.py``
+    (``image_transform(..., is_train=False, resize_longest_max=True)``): the package itself pins obsolete
+    dependencies and is not installed. Unlike open_clip's ``image_transform(resize_mode="longest")``, which resizes
+    the PIL image, hpsv2 converts to a tensor first and resizes the tensor."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        x = TF.to_tensor(img.convert("RGB"))
+        h, w = x.shape[-2:]
+        scale = size / float(max(h, w))
+        if scale != 1.0:
+            new = (round(h * scale), round(w * scale))
+            x = TF.resize(x, list(new), InterpolationMode.BICUBIC)
+            ph, pw = size - new[0], size - new[1]
+            x = TF.pad(x, [pw // 2, ph // 2, pw - pw // 2, ph - ph // 2], fill=0)
+        return TF.normalize(x, CLIP_MEAN, CLIP_STD)
+
+    return transform
+
+
 def official_transforms() -> dict:
     """The official non-differentiable transforms: PIL image → normalised [3,h,w] tensor."""
-    import open_clip
     from torchvision import transforms as tv
     from torchvision.models import ResNet50_Weights
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
@@ -77,7 +100,7 @@ def official_transforms() -> dict:
     pick = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_resize=True,
                                  do_center_crop=True, resample=Image.BICUBIC, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD))
     owl = OwlViTImageProcessorPil()
-    hps = open_clip.image_transform(224, is_train=False, mean=CLIP_MEAN, std=CLIP_STD, resize_mode="longest")
+    hps = hpsv2_transform(224)
     resnet = ResNet50_Weights.IMAGENET1K_V2.transforms()
 
     def hf(processor):

@@ -15,7 +15,10 @@ from .base import WeightsNotFoundError
 
 
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    """``HF_HUB_OFFLINE``, or the hub did not answer a first connection (``offline.py``; then no retries)."""
+    import offline
+
+    return offline.offline()
 
 
 def weight_file(path: str | os.PathLike | None, repo_id: str, filename: str, arg: str, reward: str) -> Path:

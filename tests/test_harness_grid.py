@@ -145,7 +145,7 @@ def test_bad_input_is_one_line_and_exit_2(argv, text, capsys):
 
 def test_shards_are_disjoint_and_cover_the_grid():
     from bench import grid, presets
-    from bench.cli import _load_plugins
+    from bench.catalog import load_registries as _load_plugins
 
     _load_plugins()
     specs, _ = grid.plan(presets.get("paper"), backbone="tiny", tasks="shapes-compressibility", device="cpu")
@@ -160,7 +160,7 @@ def test_shards_are_disjoint_and_cover_the_grid():
 def test_unregistered_methods_are_skipped_with_a_note(monkeypatch):
     import methods
     from bench import grid, presets
-    from bench.cli import _load_plugins
+    from bench.catalog import load_registries as _load_plugins
 
     _load_plugins()
     real = methods.available
@@ -209,7 +209,7 @@ def test_weights_fingerprint_covers_exactly_the_networks_a_cell_uses(tmp_path, m
 
 def test_planned_cells_carry_their_own_weights_fingerprint():
     from bench import grid, presets
-    from bench.cli import _load_plugins
+    from bench.catalog import load_registries as _load_plugins
 
     _load_plugins()
     specs, _ = grid.plan(presets.get("quick"), device="cpu")

@@ -6,6 +6,7 @@ non-antialiased path (the public-wrapper mistake) must do measurably worse, so t
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,3 +78,19 @@ def test_the_comparison_detects_a_bilinear_resize():
         with torch.no_grad():
             diff = pixel_difference(bilinear_clip_preprocess, official, cp.random_images(2, size, seed=size), "pickscore")
         assert diff > 5 * 0.5 / 255
+
+
+@pytest.mark.parametrize("hw", [(256, 256), (512, 384), (300, 512)])
+def test_hps_pixels_equal_hpsv2s_tensor_transform_bit_for_bit(hw):
+    """hpsv2 resizes the *tensor* (ToTensor, then ResizeMaxSize): our differentiable path gives the same pixels
+    exactly, square or not (padding on the right sides)."""
+    from PIL import Image
+
+    from rewards.clip_score import hps_preprocess
+
+    rng = np.random.default_rng(hw[0] * 7 + hw[1])
+    img = rng.integers(0, 256, (*hw, 3), dtype=np.uint8)
+    theirs = cp.hpsv2_transform(224)(Image.fromarray(img))
+    ours = hps_preprocess(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255.0)[0]
+    assert ours.shape == theirs.shape == (3, 224, 224)
+    assert torch.equal(ours, theirs), (ours - theirs).abs().max()

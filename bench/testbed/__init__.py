@@ -51,20 +51,23 @@ def generate_images(backbone, prompts: Sequence[str], seed: int = 0, num_steps: 
 
 
 def sample_grid(backbone, prompts: Sequence[str] | str, out_path: str | Path, num_per_prompt: int = 8, seed: int = 0,
-                guidance_scale: float | None = None, num_steps: int = DEFAULT_STEPS, upscale: int = 4) -> Path:
-    """Write a PNG grid: one row per prompt, ``num_per_prompt`` samples each, upscaled ``upscale``x (nearest)."""
-    import torch.nn.functional as F
-    from torchvision.utils import save_image
+                guidance_scale: float | None = None, num_steps: int = DEFAULT_STEPS) -> Path:
+    """Write a PNG grid: one column per prompt (the prompt under it), ``num_per_prompt`` samples down each column,
+    enlarged with nearest neighbour. Warns (stderr, one line) about prompt words outside the testbed's grammar."""
+    import sys
+
+    from bench import images as images_mod
 
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
-    images = generate_images(backbone, [p for p in prompts for _ in range(num_per_prompt)], seed=seed,
+    for p in prompts:
+        if (warning := world.vocabulary_warning(p)) is not None:
+            print(warning, file=sys.stderr)
+    # noise index i of every prompt sits in row i, so a row shares its seeds' order across prompts
+    images = generate_images(backbone, [p for _ in range(num_per_prompt) for p in prompts], seed=seed,
                              num_steps=num_steps, guidance_scale=guidance_scale)
-    if upscale > 1:
-        images = F.interpolate(images, scale_factor=upscale, mode="nearest")
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, str(out_path), nrow=num_per_prompt, padding=2, pad_value=0.5)
-    return out_path
+    rows = list(images.split(len(prompts)))
+    return images_mod.save_grid(out_path, rows, col_labels=prompts,
+                                row_labels=[f"sample {i}" for i in range(num_per_prompt)])
 
 
 def _register() -> None:

@@ -1,15 +1,24 @@
 """``python -m bench testbed ...``: train the testbed's networks, measure its quality gates, sample it.
 
     python -m bench testbed train <diffusion|clip|aesthetic|classifier|detector|all> [--steps N] [--seed S]
-    python -m bench testbed gates [--samples 256] [--guidance G] [--out bench/testbed/weights/gates.json]
+    python -m bench testbed gates [--samples 256] [--guidance G] [--out runs/testbed/gates.json]
     python -m bench testbed sample --prompt "a red circle on a white background" --out grid.png [--lora PATH[:SCALE]]
+
+Outputs go under runs/ (untracked) unless asked otherwise: ``train --out-dir bench/testbed/weights`` replaces the
+committed networks (and records them in its manifest.json), ``gates --out bench/testbed/weights/gates.json`` the
+committed gate report.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from . import train
+from bench.args import Parser, examples
+
+from . import models
+
+DEFAULT_OUT = Path("runs") / "testbed"
 
 
 def add_testbed_parser(subparsers) -> argparse.ArgumentParser:
@@ -19,10 +28,16 @@ def add_testbed_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="python -m bench testbed", description=__doc__,
-                                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="testbed_command", required=True)
-    tr = sub.add_parser("train", help="train a testbed network from scratch and record it in weights/manifest.json")
+    from . import train
+
+    parser = parser or Parser(prog="python -m bench testbed", description=__doc__, epilog=examples(
+        "python -m bench testbed gates --samples 64", "python -m bench testbed train --help"))
+    sub = parser.add_subparsers(dest="testbed_command", required=True, parser_class=Parser)
+    tr = sub.add_parser("train", help="train a testbed network from scratch",
+                        description="Train one testbed network (or all, in dependency order) from scratch.",
+                        epilog=examples("python -m bench testbed train aesthetic --steps 200   # -> runs/testbed/weights",
+                                        "python -m bench testbed train all --out-dir bench/testbed/weights  # replace "
+                                        "the committed networks"))
     tr.add_argument("part", choices=[*train.PARTS, "all"])
     tr.add_argument("--steps", type=int, default=None, help=f"default per part: {train.DEFAULT_STEPS}")
     tr.add_argument("--seed", type=int, default=0)
@@ -31,15 +46,23 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     tr.add_argument("--resume", action="store_true", help="diffusion only: continue from the committed weights")
     tr.add_argument("--lr", type=float, default=None, help="diffusion only: peak learning rate (default 1e-3)")
-    tr.add_argument("--out-dir", default=None, help="write weights here instead of bench/testbed/weights")
-    g = sub.add_parser("gates", help="measure the quality gates on held-out captions, write gates.json")
+    tr.add_argument("--out-dir", default=str(DEFAULT_OUT / "weights"),
+                    help="where the weights go (default runs/testbed/weights; bench/testbed/weights replaces the "
+                         "committed ones and records them in its manifest.json)")
+    g = sub.add_parser("gates", help="measure the quality gates on held-out captions, write gates.json",
+                       description="Measure the testbed's quality gates on held-out captions.",
+                       epilog=examples("python -m bench testbed gates --samples 64   # -> runs/testbed/gates.json"))
     g.add_argument("--samples", type=int, default=256)
     g.add_argument("--guidance", type=float, default=None, help="default: models.DEFAULT_GUIDANCE")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=2)
-    g.add_argument("--out", default=None, help="default: bench/testbed/weights/gates.json")
+    g.add_argument("--out", default=str(DEFAULT_OUT / "gates.json"),
+                   help="default runs/testbed/gates.json (bench/testbed/weights/gates.json: the committed report)")
     g.add_argument("--sweep", action="store_true", help="only sweep the guidance scale on training captions")
-    s = sub.add_parser("sample", help="write a PNG grid of testbed samples")
+    s = sub.add_parser("sample", help="write a PNG grid of testbed samples",
+                       description="Sample the testbed (one column per prompt), optionally with LoRAs.",
+                       epilog=examples('python -m bench testbed sample --prompt "a red circle on a white background" '
+                                       '--out runs/testbed/red-circle.png'))
     s.add_argument("--prompt", action="append", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--lora", action="append", default=[], help="PATH[:SCALE], repeatable (mixing)")
@@ -63,18 +86,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
 
-    if args.testbed_command == "train":
-        from pathlib import Path
+    from . import train
 
+    if args.testbed_command == "train":
         torch.set_num_threads(args.threads)
-        out_dir = Path(args.out_dir) if args.out_dir else None
+        out_dir = Path(args.out_dir)
+        committed = out_dir.resolve() == Path(models.WEIGHTS_DIR).resolve()
         extra = {"max_minutes": args.max_minutes} if args.max_minutes else {}
         if args.resume:
             extra["resume"] = True
         if args.lr:
             extra["lr"] = args.lr
-        train.run(args.part, args.steps, args.seed, argv[2:], out_dir=out_dir, record_manifest=out_dir is None,
-                  **extra)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not committed and args.part == "aesthetic" and not (out_dir / "clip").exists():
+            import shutil  # the aesthetic head reads the small CLIP's features: start from the committed CLIP
+
+            shutil.copytree(Path(models.WEIGHTS_DIR) / "clip", out_dir / "clip")
+        train.run(args.part, args.steps, args.seed, argv[2:], out_dir=out_dir, record_manifest=committed, **extra)
+        print(f"wrote {out_dir}" + ("" if committed else " (to use them, train with --out-dir bench/testbed/weights)"))
         return 0
     if args.testbed_command == "gates":
         from .gates import guidance_sweep, run_gates

@@ -73,6 +73,26 @@ def caption_of(objects: list[str], background: str) -> str:
     return f"{body} on {article(background)} {background} background"
 
 
+#: every word the caption grammar uses
+VOCABULARY = frozenset({"a", "an", "and", "on", "background", *SHAPES, *COLOR_NAMES, *BACKGROUND_NAMES})
+
+
+def unknown_words(prompt: str) -> list[str]:
+    """Words of ``prompt`` outside the testbed's caption grammar (the model has never seen them: it draws blobs)."""
+    words = prompt.lower().replace(",", " ").replace(".", " ").split()
+    return list(dict.fromkeys(w for w in words if w not in VOCABULARY))
+
+
+def vocabulary_warning(prompt: str) -> str | None:
+    """One line for a prompt with words outside the grammar, else None."""
+    bad = unknown_words(prompt)
+    if not bad:
+        return None
+    return (f"warning: the shapes testbed's captions never use {', '.join(repr(w) for w in bad)} (prompt {prompt!r}); "
+            f"it knows {'/'.join(COLOR_NAMES)} {'/'.join(SHAPES)} on a {'/'.join(BACKGROUND_NAMES)} background, "
+            f"e.g. 'a red circle on a white background'")
+
+
 def article(phrase: str) -> str:
     return "an" if phrase[:1] in "aeiou" else "a"
 

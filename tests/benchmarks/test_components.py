@@ -11,7 +11,7 @@ import torch
 import methods
 import rewards
 from bench import backbones
-from bench.cli import _load_plugins
+from bench.catalog import load_registries as _load_plugins
 from methods.sampling import sample
 
 _load_plugins()

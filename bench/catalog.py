@@ -1,0 +1,73 @@
+"""The names the project registers, as plain data, so the CLI judges a mistyped name in milliseconds instead of
+after importing torch, diffusers and open_clip (seconds). ``tests/test_cli.py`` checks that these lists equal the
+registries, so they cannot drift; names that plugins (``--plugins``) register are judged by the registries
+themselves, after the imports.
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Sequence
+
+from bench.args import UsageError
+from bench.presets import ALL_METHODS
+
+METHODS: tuple[str, ...] = tuple(sorted(ALL_METHODS))
+REWARDS: tuple[str, ...] = (
+    "aesthetic", "hpsv2", "imagereward", "jpeg-compressibility", "jpeg-compressibility-surrogate",
+    "jpeg-incompressibility", "jpeg-incompressibility-surrogate", "owlvit", "pickscore", "resnet50-class",
+    "shapes-aesthetic", "shapes-alignment", "shapes-classifier", "shapes-detector", "shapes-gold-aesthetic",
+)
+BACKBONES: tuple[str, ...] = ("sd15", "sd15-random", "sd21", "shapes", "tiny")
+DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: backbones whose weights come from the hub (or --backbone-path DIR, or the variable BENCH_<NAME>_PATH)
+HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1"}
+
+
+def check_hub_backbone(name: str, path: str | None) -> None:
+    """A hub backbone with no local path, not in the local cache, on an offline machine: one line now (milliseconds
+    with ``HF_HUB_OFFLINE``, at most a 2 s connection probe otherwise), not a minute of retries later."""
+    import os
+
+    if name not in HUB_IDS or path or os.environ.get(f"BENCH_{name.upper()}_PATH"):
+        return
+    import offline
+
+    repo = HUB_IDS[name]
+    if offline.cached(repo, "unet/config.json") or not offline.offline():
+        return
+    raise UsageError(f"backbone {name} needs unet/diffusion_pytorch_model.safetensors (and vae/, text_encoder/, "
+                     f"tokenizer/, scheduler/) of hub id {repo!r}: not in the local cache and {offline.why()}; pass "
+                     f"--backbone-path DIR (a local diffusers directory) or set BENCH_{name.upper()}_PATH")
+
+_KNOWN = {"method": METHODS, "reward": REWARDS, "backbone": BACKBONES}
+
+
+def check(kind: str, name: str, *, wildcard: bool = False, extra: Sequence[str] = ()) -> None:
+    """``UsageError`` unless ``name`` (or, with ``wildcard``, each comma-separated pattern) names a known ``kind``."""
+    known = sorted(set(_KNOWN[kind]) | set(extra))
+    parts = [p.strip() for p in name.split(",") if p.strip()] if wildcard else [name]
+    for part in parts or [name]:
+        if not any(fnmatch.fnmatch(n, part) for n in known) if wildcard else part not in known:
+            raise UsageError(f"unknown {kind} {part!r}; valid: {', '.join(known)}")
+
+
+def load_registries(plugins: Sequence[str] = ()) -> None:
+    """Import the modules that register backbones, methods and rewards (the testbed registers its own), then any
+    plugins. This is where torch, diffusers and transformers get imported."""
+    import importlib
+
+    import methods  # noqa: F401
+    import rewards  # noqa: F401
+    from bench import backbones  # noqa: F401
+
+    for name in ("bench.testbed",):
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+    for name in plugins:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise UsageError(f"--plugins: cannot import {name!r}: {err}") from None

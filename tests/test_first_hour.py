@@ -1,0 +1,251 @@
+"""What a new user meets first: seeds that mean what they say, settings judged before anything loads (and names
+before torch is imported), --help everywhere, runs that leave the checkout clean, offline in seconds, leaderboards
+that rebuild from their CSVs, a warning for prompts outside the testbed's language."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.args import UsageError, coerce, parse_seeds
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(*args, env=None, timeout=120):
+    import os
+
+    return subprocess.run([sys.executable, "-m", "bench", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+# ------------------------------------------------------------------------------------------------------ seeds
+@pytest.mark.parametrize("seed, seeds, expected", [
+    (None, "3", [0, 1, 2]), (None, "0,3,7", [0, 3, 7]), ("1", None, [1]), ("0", None, [0]), (None, "1", [0]),
+    (None, None, None)])
+def test_seed_flags(seed, seeds, expected):
+    assert parse_seeds(seed, seeds) == expected
+
+
+@pytest.mark.parametrize("seed, seeds", [("1", "2"), (None, "0"), (None, "-1"), (None, "a"), ("x", None),
+                                         (None, "1,1"), ("-2", None)])
+def test_bad_seed_flags(seed, seeds):
+    with pytest.raises(UsageError):
+        parse_seeds(seed, seeds)
+
+
+def test_seeds_3_runs_three_cells_on_the_tasks_backbone(monkeypatch, tmp_path):
+    """The bug: the backbone was popped inside the seed loop, so seed 1 ran on `tiny`."""
+    import bench.cell
+    from bench.cli import main
+
+    seen = []
+    monkeypatch.setattr(bench.cell, "run_cell", lambda spec, on_progress=None: (seen.append(spec), (_row(spec), [{"cell_id": spec.cell_id, "samples": 0}]))[1])
+    code = main(["run", "--method", "draft-lv", "--task", "shapes-aesthetic", "--seeds", "3",
+                 "--results-dir", str(tmp_path)])
+    assert code == 0
+    assert [s.seed for s in seen] == [0, 1, 2]
+    assert {s.backbone for s in seen} == {"shapes"}
+
+
+def test_seed_1_is_exactly_seed_1(monkeypatch, tmp_path):
+    import bench.cell
+    from bench.cli import main
+
+    seen = []
+    monkeypatch.setattr(bench.cell, "run_cell", lambda spec, on_progress=None: (seen.append(spec), (_row(spec), [{"cell_id": spec.cell_id, "samples": 0}]))[1])
+    assert main(["run", "--method", "refl", "--task", "shapes-aesthetic", "--seed", "1",
+                 "--results-dir", str(tmp_path)]) == 0
+    assert [s.seed for s in seen] == [1]
+
+
+@pytest.mark.parametrize("flags, expected", [(["--seeds", "2"], [0, 1]), (["--seeds", "0,5"], [0, 5]),
+                                             (["--seed", "4"], [4]), ([], [0])])
+def test_grid_seed_flags(monkeypatch, tmp_path, flags, expected):
+    from bench import grid
+    from bench.cli import main
+
+    seen = []
+
+    def fake_run_grid(specs, out_dir, **kw):
+        seen.extend(specs)
+        return {"ran": 0, "skipped": 0, "results": {}}
+
+    monkeypatch.setattr(grid, "run_grid", fake_run_grid)
+    main(["run", "--grid", "--preset", "ci", "--methods", "refl", "--tasks", "shapes-aesthetic", *flags,
+          "--results-dir", str(tmp_path)])
+    assert sorted({s.seed for s in seen}) == expected
+
+
+def _row(spec):
+    return {"cell_id": spec.cell_id, "status": "ok", "message": "", "eval_reward": spec.reward, "reward_initial": 0.0,
+            "reward_final": 0.0, "train_wall_s": 0.0, "samples_per_s": 0.0, "peak_mem_mb": 0.0}
+
+
+# -------------------------------------------------------------------------------------------------- settings
+@pytest.mark.parametrize("args, match", [
+    (["--set", "lr=abc"], 'lr="abc" is not valid: lr takes a number'),
+    (["--set", "truncation_steps=2.5"], "truncation_steps=2.5 is not valid: truncation_steps takes an integer"),
+    (["--set", "nope=1"], "unknown --set key(s) nope; valid: "),
+    (["--set", "checkpoint=1"], "checkpoint takes true or false"),
+    (["--set", "adam_betas=[0.9]"], "adam_betas takes a list of 2"),
+    (["--set", "truncation_steps=50"], "truncation_steps"),
+    (["--reward-arg", "sign=x"], "shapes-aesthetic: unknown --reward-arg key(s) sign"),
+    (["--set", "lr"], "--set expects KEY=VALUE"),
+])
+def test_bad_settings_fail_before_any_model_loads(monkeypatch, capsys, tmp_path, args, match):
+    from bench import backbones
+    from bench.cli import main
+
+    def no_loading(*a, **k):
+        raise AssertionError("a backbone was built before the settings were checked")
+
+    monkeypatch.setattr(backbones, "create", no_loading)
+    code = main(["run", "--method", "draft-k", "--task", "shapes-aesthetic", *args, "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and match in lines[0], err
+
+
+def test_typed_values_are_coerced():
+    assert coerce(2.0, int) == 2 and coerce(3, float) == 3.0 and coerce([0.8, 1.0], tuple[float, float]) == (0.8, 1.0)
+    from bench.args import _NO
+
+    assert coerce(True, int) is _NO and coerce(2.5, int) is _NO and coerce("x", float | None) is _NO
+    assert coerce(None, float | None) is None
+
+
+@pytest.mark.parametrize("args", [
+    ["--method", "draft-k", "--reward", "jpeg-compressibility", "--backbone", "sd99"],
+    ["--method", "nope", "--task", "shapes-aesthetic"],
+    ["--method", "draft-k", "--task", "nope"],
+    ["--grid", "--preset", "nope"],
+    ["--grid", "--methods", "nope*"],
+    ["--method", "draft-k", "--task", "shapes-aesthetic", "--budget", "0"],
+    ["--method", "draft-k", "--task", "shapes-aesthetic", "--dtype", "fp8"],
+    ["--method", "draft-k", "--task", "shapes-aesthetic", "--seeds", "1", "--seed", "2"],
+    ["--method", "draft-k", "--reward", "aesthetic", "--backbone", "sd15", "--backbone-path", "/nonexistent/sd"],
+])
+def test_names_and_numbers_are_judged_before_torch_is_imported(args):
+    code = ("import sys, time; t = time.perf_counter(); from bench.cli import main; c = main(%r); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; "
+            "print(round(time.perf_counter() - t, 3)); sys.exit(c)" % (["run", *args],))
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    wall = time.perf_counter() - start
+    assert res.returncode == 2, res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1 and res.stderr.startswith("error: "), res.stderr
+    assert wall < 2.0, f"{wall:.1f} s to report {res.stderr.strip()}"
+
+
+def test_catalog_names_equal_the_registries():
+    import methods
+    import rewards
+    from bench import backbones, catalog
+
+    catalog.load_registries()
+    assert list(catalog.METHODS) == methods.available()
+    assert list(catalog.REWARDS) == rewards.available()
+    assert list(catalog.BACKBONES) == backbones.available()
+
+
+# ------------------------------------------------------------------------------------------------------- help
+HELP = [["run"], ["list"], ["sample"], ["leaderboard"], ["compare"], ["lora-sweep"], ["testbed"],
+        ["testbed", "train"], ["testbed", "gates"], ["testbed", "sample"], []]
+
+
+@pytest.mark.parametrize("cmd", HELP, ids=lambda c: " ".join(c) or "bench")
+def test_help_works_with_an_example(cmd):
+    res = bench(*cmd, "--help")
+    assert res.returncode == 0, res.stderr
+    assert "examples:" in res.stdout and "python -m bench" in res.stdout.split("examples:")[1]
+
+
+# ------------------------------------------------------------------------------------------- clean checkout
+def test_runs_write_to_an_ignored_directory_by_default():
+    from bench.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--grid"])
+    assert args.results_dir == "runs"
+    sample = build_parser().parse_args(["sample", "--prompt", "x"])
+    for path in (f"{args.results_dir}/quick/cells.csv", sample.out, "runs/testbed/gates.json",
+                 "runs/lora-sweep/x.csv"):
+        res = subprocess.run(["git", "check-ignore", "-q", path], cwd=ROOT)
+        assert res.returncode == 0, f"{path} is not ignored by git"
+    from bench.testbed.cli import DEFAULT_OUT
+
+    assert str(DEFAULT_OUT).startswith("runs")
+
+
+# -------------------------------------------------------------------------------------------------- offline
+@pytest.mark.parametrize("args", [["--reward", "jpeg-compressibility", "--backbone", "sd15"],
+                                  ["--task", "aesthetic-animals", "--device", "cpu"]])
+def test_offline_hub_backbone_fails_in_seconds_naming_the_file_and_the_flag(args):
+    start = time.perf_counter()
+    res = bench("run", "--method", "draft-k", *args, env={"HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"})
+    wall = time.perf_counter() - start
+    assert res.returncode == 2, res.stderr
+    line = res.stderr.strip()
+    assert len(line.splitlines()) == 1 and "Traceback" not in line
+    assert "unet/diffusion_pytorch_model.safetensors" in line and "--backbone-path" in line and "BENCH_SD15_PATH" in line
+    assert wall < 5.0, f"{wall:.1f} s"
+
+
+def test_unreachable_hub_is_detected_by_one_probe(monkeypatch):
+    import offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    offline._probe.cache_clear()
+    try:
+        assert offline.offline() and "unreachable" in offline.why()
+        import os
+
+        assert os.environ["HF_HUB_OFFLINE"] == "1"  # no library retries after the probe failed
+    finally:
+        offline._probe.cache_clear()
+
+
+# ----------------------------------------------------------------------------------------------- leaderboards
+COMMITTED = sorted(p.parent for p in (ROOT / "results").glob("*/leaderboard.md"))
+
+
+@pytest.mark.parametrize("directory", COMMITTED, ids=lambda p: p.name)
+def test_committed_leaderboards_equal_their_rebuild(directory):
+    from bench import leaderboard
+
+    assert (directory / "leaderboard.md").read_text() == leaderboard.render(directory), \
+        f"stale: python -m bench leaderboard results/{directory.name}"
+
+
+def test_there_are_committed_leaderboards():
+    assert {"quick", "paper"} <= {p.name for p in COMMITTED}
+
+
+def test_one_seed_shows_no_interval_and_overlapping_intervals_tie():
+    from bench.leaderboard import _pm, tie_groups
+
+    assert _pm(4.2, 0.0, 1) == "4.2" and _pm(4.2, 0.31, 3) == "4.2 ± 0.31"
+    assert tie_groups([6.0, 5.8, 5.0, 4.9], [0.3, 0.3, 0.05, 0.2]) == [1, 1, 2, 2]
+    assert tie_groups([6.0, 5.0], [0.1, 0.1]) == [1, 2]
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+def test_prompts_outside_the_testbed_grammar_are_named():
+    from bench.testbed.world import unknown_words, vocabulary_warning
+
+    assert unknown_words("a red circle and a blue square on a white background") == []
+    assert unknown_words("a photo of a cat on a white background") == ["photo", "of", "cat"]
+    assert vocabulary_warning("a red circle on a white background") is None
+    assert "'cat'" in vocabulary_warning("a cat")
+
+
+def test_readme_sample_prompts_are_in_the_grammar():
+    import re
+
+    from bench.testbed.world import unknown_words
+
+    prompts = re.findall(r'--prompt "([^"]+)"', (ROOT / "README.md").read_text())
+    assert prompts
+    assert all(not unknown_words(p) for p in prompts), prompts
