@@ -23,6 +23,35 @@ DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1"}
 
 
+#: the first hub file each real reward loads (repo, file, the argument that takes a local path instead); a test checks
+#: these equal the reward modules' constants. ``{hps_file}`` is HPS_FILES[version] (the reward's ``version`` argument).
+HPS_FILES = {"2.0": "HPS_v2_compressed.pt", "2.1": "HPS_v2.1_compressed.pt"}
+REWARD_HUB_FILES = {
+    "aesthetic": ("camenduru/improved-aesthetic-predictor", "sac+logos+ava1-l14-linearMSE.pth", "head_path"),
+    "hpsv2": ("xswu/HPSv2", "{hps_file}", "checkpoint"),
+    "pickscore": ("laion/CLIP-ViT-H-14-laion2B-s32B-b79K", "tokenizer_config.json", "processor"),
+    "imagereward": ("THUDM/ImageReward", "ImageReward.pt", "checkpoint"),
+    "owlvit": ("google/owlvit-base-patch32", "config.json", "model"),
+}
+
+
+def check_hub_reward(name: str, kwargs: dict) -> None:
+    """A real reward whose first weight file is neither given locally nor cached, on an offline machine: one line now,
+    before the model libraries load."""
+    if name not in REWARD_HUB_FILES:
+        return
+    repo, filename, arg = REWARD_HUB_FILES[name]
+    if kwargs.get(arg):
+        return
+    filename = filename.format(hps_file=HPS_FILES.get(str(kwargs.get("version", "2.1")), "HPS_v2.1_compressed.pt"))
+    import offline
+
+    if offline.cached(repo, filename) or not offline.offline():
+        return
+    raise UsageError(f"{name}: {filename!r} of hub repo {repo!r} is not in the local cache and {offline.why()}; "
+                     f"download it and pass --reward-arg {arg}=<path>")
+
+
 def check_hub_backbone(name: str, path: str | None) -> None:
     """A hub backbone with no local path, not in the local cache, on an offline machine: one line now (milliseconds
     with ``HF_HUB_OFFLINE``, at most a 2 s connection probe otherwise), not a minute of retries later."""

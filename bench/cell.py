@@ -175,15 +175,21 @@ class Evaluator:
 
 def save_eval_grid(path: Path, eval_images: dict[str, torch.Tensor], prompts: list[str], first: dict, last: dict,
                    headline: str, title: str) -> Path:
-    """The evaluation images before and after training, on the same prompts and the same initial noise: row 1 the
-    initial model, row 2 the final one, the prompt under each column."""
+    """The evaluation images before and after training, on the same prompts and the same initial noise: one column per
+    prompt (the prompt under it); for each of the prompt's noises a row of the initial model and, below it, a row of
+    the final one."""
     from bench import images
 
-    rows = [eval_images["first"], eval_images.get("last", eval_images["first"])]
-    labels = [f"initial ({first[headline + '_mean']:.3g})",
-              f"after {last['samples']} samples ({last[headline + '_mean']:.3g})"]
-    return images.save_grid(path, rows, col_labels=prompts, row_labels=labels,
-                            title=f"{title} (mean per row); same noise in each column")
+    unique = list(dict.fromkeys(prompts))
+    per_prompt = len(prompts) // max(1, len(unique))
+    before, after = eval_images["first"], eval_images.get("last", eval_images["first"])
+    rows, labels = [], []
+    for k in range(per_prompt):  # prompts are prompt-major: image k of every prompt sits at k, k + K, k + 2K, ...
+        rows += [before[k::per_prompt], after[k::per_prompt]]
+        labels += [f"noise {k}: initial", f"noise {k}: after {last['samples']} samples"]
+    return images.save_grid(path, rows, col_labels=unique, row_labels=labels,
+                            title=f"{title}: {first[headline + '_mean']:.3g} -> {last[headline + '_mean']:.3g} "
+                                  f"(mean over {len(prompts)} images)")
 
 
 def area_under_curve(samples: list[int], values: list[float]) -> float:

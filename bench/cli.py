@@ -128,6 +128,8 @@ def precheck_run(args) -> None:
                          f"(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a hub id")
     for name in _backbones_used(args, grid):
         catalog.check_hub_backbone(name, args.backbone_path)
+    for name, kwargs in _rewards_used(args, grid):
+        catalog.check_hub_reward(name, kwargs)
     if grid:
         from bench.args import parse_shard
 
@@ -157,6 +159,25 @@ def _backbones_used(args, grid: bool) -> set[str]:
         task = tasks.get(n) if n in tasks.available() else None
         p = preset or (presets.get("quick" if task and task.suite == "testbed" else "sd15"))
         out.add(p.backbone or (task.backbone if task else "tiny"))
+    return out
+
+
+def _rewards_used(args, grid: bool) -> list[tuple[str, dict]]:
+    """(reward, its arguments) for every reward a run command trains on or evaluates with."""
+    import fnmatch
+
+    from bench import presets, tasks
+
+    if args.reward:
+        return [(args.reward, dict(args.reward_kwargs))]
+    patterns = [p.strip() for p in args.task.split(",")] if args.task else \
+        presets.get(args.preset or "quick").tasks if grid else []
+    out = []
+    for n in tasks.available():
+        if any(fnmatch.fnmatch(n, p) for p in patterns):
+            task = tasks.get(n)
+            out.append((task.reward, {**task.reward_kwargs, **args.reward_kwargs}))
+            out += [(r, kw) for r, kw in task.eval_rewards.items()]
     return out
 
 

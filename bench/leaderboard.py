@@ -306,7 +306,10 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
             grid, gold = _mean_curve(ga, curves, m, gold_curve)
             if len(grid) > 2 and np.isfinite(gold).any():
                 peak = int(np.nanargmax(gold))
-                line += f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples"
+                _, proxy = _mean_curve(ga, curves, m)
+                line += f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples" + (
+                    f", then falls by {gold[peak] - gold[-1]:.3g} while the proxy changes by "
+                    f"{proxy[-1] - proxy[peak]:+.3g}" if peak < len(grid) - 1 else " (the last evaluation)")
             line += f". Verdict: {'holds' if p1 > p0 and g1 < g0 else 'does not hold'}."
             out.append(line)
     out.append("")

@@ -192,6 +192,35 @@ def test_offline_hub_backbone_fails_in_seconds_naming_the_file_and_the_flag(args
     assert wall < 5.0, f"{wall:.1f} s"
 
 
+@pytest.mark.parametrize("reward", ["aesthetic", "hpsv2", "pickscore", "imagereward", "owlvit"])
+def test_offline_hub_reward_fails_in_seconds_naming_the_file_and_the_argument(reward):
+    from bench.catalog import REWARD_HUB_FILES
+
+    start = time.perf_counter()
+    res = bench("run", "--method", "ddpo", "--reward", reward, "--backbone", "tiny",
+                env={"HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-hf-home"})
+    wall = time.perf_counter() - start
+    line = res.stderr.strip()
+    repo, filename, arg = REWARD_HUB_FILES[reward]
+    assert res.returncode == 2 and len(line.splitlines()) == 1, line
+    assert filename.format(hps_file="HPS_v2.1_compressed.pt") in line and f"--reward-arg {arg}=" in line
+    assert wall < 5.0, f"{wall:.1f} s"
+
+
+def test_reward_hub_files_match_the_reward_modules():
+    from rewards import aesthetic, clip_score, detection, imagereward
+    from bench.catalog import REWARD_HUB_FILES as F
+
+    assert F["aesthetic"][:2] == (aesthetic.HEAD_REPO, aesthetic.HEAD_FILE)
+    assert F["hpsv2"][0] == clip_score.HPS_REPO
+    from bench.catalog import HPS_FILES
+
+    assert HPS_FILES == clip_score.HPS_FILES
+    assert F["pickscore"][0] == clip_score.PICKSCORE_PROCESSOR
+    assert F["imagereward"][:2] == (imagereward.REPO, imagereward.CHECKPOINT)
+    assert F["owlvit"][0] == detection.OWLVIT
+
+
 def test_unreachable_hub_is_detected_by_one_probe(monkeypatch):
     import offline
 
@@ -249,3 +278,45 @@ def test_readme_sample_prompts_are_in_the_grammar():
     prompts = re.findall(r'--prompt "([^"]+)"', (ROOT / "README.md").read_text())
     assert prompts
     assert all(not unknown_words(p) for p in prompts), prompts
+
+
+def test_sample_warns_once_per_prompt_outside_the_grammar_and_writes_a_labelled_grid(tmp_path, capsys):
+    from PIL import Image
+
+    from bench.cli import main
+
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--prompt", "a photo of a cat", "--prompt", "a red circle on a white background",
+                 "--num", "2", "--num-steps", "2", "--out", str(out)]) == 0
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    assert len(err) == 1 and "'cat'" in err[0]
+    width, height = Image.open(out).size
+    assert width >= 2 * 96 and height >= 2 * 96  # two prompts x two samples, enlarged from 24 px
+
+
+def _claims(spec):
+    import pandas as pd
+
+    from bench.leaderboard import claims
+
+    cells, curves = [], []
+    for method, budget, curve in spec:
+        cid = f"{method}-{budget}"
+        cells.append(dict(cell_id=cid, task="t", method=method, status="ok", budget=budget, eval_reward="r",
+                          reward_initial=curve[0][1], reward_final=curve[-1][1]))
+        curves.extend(dict(cell_id=cid, samples=s, r_mean=v) for s, v in curve)
+    return "\n".join(claims(pd.DataFrame(cells), pd.DataFrame(curves)))
+
+
+def test_claim_verdicts_follow_their_stated_rules():
+    late = _claims([("ddpo", 1000, [(0, 0.0), (1000, 1.0)]), ("draft-1", 1000, [(0, 0.0), (100, 0.5), (500, 1.0)])])
+    assert "within 100 samples (10× fewer)" in late and "draft-1 500. Verdict: does not hold." in late
+    never = _claims([("ddpo", 1000, [(0, 0.0), (1000, 1.0)]), ("draft-1", 200, [(0, 0.0), (100, 0.3), (200, 0.5)])])
+    assert "draft-1 not within its 200 samples. Verdict: does not hold." in never
+    flat = _claims([("ddpo", 1000, [(0, 1.0), (1000, 0.9)]), ("draft-1", 100, [(0, 1.0), (100, 2.0)])])
+    assert "Verdict: not testable: DDPO did not improve" in flat
+    coarse = _claims([("ddpo", 100, [(0, 0.0), (100, 1.0)]), ("draft-1", 100, [(0, 0.0), (50, 2.0), (100, 2.0)])])
+    assert "not testable at this evaluation grid" in coarse
+    lv = _claims([("draft-1", 100, [(0, 0.0), (100, 1.0)]), ("draft-lv", 100, [(0, 0.0), (50, 1.2), (100, 1.5)])])
+    assert "DRaFT-LV 50 samples (final 1.5). Verdict: holds." in lv
+    assert "after never" not in late + never + flat + lv
