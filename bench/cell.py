@@ -86,6 +86,9 @@ class CellSpec:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if not self.train_prompts or not self.eval_prompts:
             raise ValueError("train and eval prompt lists must not be empty")
+        factory = methods.get(self.method)
+        if hasattr(factory, "check_batch"):
+            factory.check_batch(self.batch_size)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
 

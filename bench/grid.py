@@ -140,7 +140,8 @@ def check_settings(method: str, settings: dict[str, Any], protocol: str) -> dict
     merged = dict(getattr(factory, "REFERENCE", {})) if protocol == "reference" else {}
     merged.update(settings)
     try:
-        config_cls(**merged).validate()
+        config = config_cls(**merged)
+        (factory.settle(config) if hasattr(factory, "settle") else config).validate()
     except (ValueError, TypeError) as err:
         raise GridError(f"{method}: {err}") from None
     return settings

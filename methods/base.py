@@ -90,6 +90,7 @@ class Method:
         config = config or self.Config()
         if overrides:
             config = dataclasses.replace(config, **overrides)
+        config = self.settle(config)
         config.validate()
         if self.needs_gradient_reward and not getattr(reward, "differentiable", True):
             raise MethodError(f"{self.name} backpropagates through the reward, but {getattr(reward, 'name', reward)!r} "
@@ -105,6 +106,17 @@ class Method:
         self.timer = StepTimer(backbone.device)
         self.total_samples = 0
         self.total_reward_queries = 0
+
+    @classmethod
+    def settle(cls, config: MethodConfig) -> MethodConfig:
+        """The config this variant runs: its fixed settings applied (DRaFT-1's K = 1, full DRaFT's K = T). Called
+        before validation, here and by the harness's settings check, so a setting the variant replaces is never
+        judged on its default (``num_steps=2`` must not fail on DRaFT-K's default K = 3 for DRaFT-1)."""
+        return config
+
+    @classmethod
+    def check_batch(cls, batch_size: int) -> None:
+        """Raise ``MethodError`` where a batch size makes this method's update identically zero."""
 
     # --------------------------------------------------------------------------------------------- helpers
     def noise(self, batch_size: int) -> torch.Tensor:

@@ -89,6 +89,13 @@ class DDPO(Method):
     REFERENCE = dict(num_steps=50, guidance_scale=5.0, eta=1.0, sampler="ddim", lr=3e-4, weight_decay=1e-4,
                      grad_clip=1.0, clip_range=1e-4, adv_clip_max=5.0)
 
+    @classmethod
+    def check_batch(cls, batch_size: int) -> None:
+        if batch_size < 2:
+            raise MethodError(f"ddpo: batch_size {batch_size} makes every advantage zero (a reward minus the mean of a "
+                              f"batch of one, until a prompt has min_count rewards of its own), so the update is zero; "
+                              f"use batch_size >= 2")
+
     def __init__(self, backbone, reward, config=None, **kw):
         super().__init__(backbone, reward, config, **kw)
         c = self.config

@@ -64,10 +64,9 @@ class DraftK(Method):
 class Draft1(DraftK):
     name = "draft-1"
 
-    def __init__(self, backbone, reward, config=None, **kw):
-        config = config or self.Config()
-        config = dataclasses.replace(config, truncation_steps=1)
-        super().__init__(backbone, reward, config, **kw)
+    @classmethod
+    def settle(cls, config):
+        return dataclasses.replace(config, truncation_steps=1)
 
 
 @register("draft", "full DRaFT: backprop through every sampling step, each UNet call checkpointed")
@@ -75,10 +74,9 @@ class DraftFull(DraftK):
     name = "draft"
     REFERENCE = dict(DraftK.REFERENCE, truncation_steps=50)
 
-    def __init__(self, backbone, reward, config=None, **kw):
-        config = config or self.Config()
-        config = dataclasses.replace(config, truncation_steps=config.num_steps, checkpoint=True)
-        super().__init__(backbone, reward, config, **kw)
+    @classmethod
+    def settle(cls, config):
+        return dataclasses.replace(config, truncation_steps=config.num_steps, checkpoint=True)
 
 
 @register("draft-lv", "DRaFT-LV: n re-noised copies of the last step, each denoised once with grad (n=2)")
@@ -86,6 +84,10 @@ class DraftLV(Method):
     name = "draft-lv"
     Config = DraftConfig
     REFERENCE = dict(num_steps=50, guidance_scale=7.5, eta=0.0, lr=4e-4, weight_decay=0.1, lv_copies=2)
+
+    @classmethod
+    def settle(cls, config):
+        return dataclasses.replace(config, truncation_steps=1)  # K is DRaFT-K's: LV trains the last step only
 
     def compute_loss(self, prompts):
         n, last = self.config.lv_copies, self.config.num_steps - 1

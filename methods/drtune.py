@@ -33,7 +33,7 @@ from .sampling import StepPlan, sample
 
 @dataclass
 class DRTuneConfig(MethodConfig):
-    trained_steps: int = 5      # K: steps whose UNet call carries gradient
+    trained_steps: int = 0      # K: steps whose UNet call carries gradient; 0: min(5, the shortest chain)
     early_stop_max: int = 0     # m: stop t_min ~ Uniform{1, …, m} steps before the end (1: full chain); 0: T // 4
     checkpoint: bool = False    # checkpoint each UNet call with gradient
 
@@ -41,12 +41,17 @@ class DRTuneConfig(MethodConfig):
     def stop_max(self) -> int:
         return self.early_stop_max or max(1, self.num_steps // 4)
 
+    @property
+    def k(self) -> int:
+        """K: ``trained_steps``, or (0) the paper's 5 where the shortest chain holds 5 steps, else that chain's length."""
+        return self.trained_steps or max(1, min(5, self.num_steps - self.stop_max + 1))
+
     def validate(self) -> None:
         super().validate()
         if not 1 <= self.stop_max <= self.num_steps:
             raise MethodError(f"early_stop_max (m) must be in [1, num_steps={self.num_steps}], got {self.early_stop_max}")
         shortest = self.num_steps - self.stop_max + 1
-        if not 1 <= self.trained_steps <= shortest:
+        if not 1 <= self.k <= shortest:
             raise MethodError(f"trained_steps (K) must be in [1, {shortest}] (the shortest chain, num_steps − "
                               f"early_stop_max + 1, must hold K steps), got {self.trained_steps}")
 
@@ -70,7 +75,7 @@ class DRTune(Method):
         """(stop index e, the trained steps) for this iteration."""
         c = self.config
         stop = c.num_steps - self._randint(1, c.stop_max)
-        num_run, k = stop + 1, c.trained_steps
+        num_run, k = stop + 1, c.k
         spacing = num_run // k
         offset = self._randint(0, stop - (k - 1) * spacing)
         return stop, spaced_steps(num_run, k, offset)
