@@ -68,7 +68,7 @@ class DiffusersBackbone(nn.Module):
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, *, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32, lora_rank: int | None = 4, lora_alpha: float | None = None,
-                 gradient_checkpointing: bool = False, name: str = "diffusers"):
+                 gradient_checkpointing: bool = False, name: str = "diffusers", resolution: int | None = None):
         super().__init__()
         self.name = name
         self.device = torch.device(device)
@@ -90,21 +90,40 @@ class DiffusersBackbone(nn.Module):
             for p in self.trainable_parameters():
                 p.data = p.data.float()
         self._uncond: torch.Tensor | None = None
+        self._latent_size = unet.config.sample_size
+        if resolution is not None:
+            self._latent_size = self.check_resolution(resolution) // self.vae_factor
 
     # ------------------------------------------------------------------------------------------------- protocol
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent pixel (1 in pixel space)."""
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def resolution_multiple(self) -> int:
+        """Image sizes this backbone can sample: multiples of the VAE factor × the UNet's total downsampling."""
+        return self.vae_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    def check_resolution(self, resolution: int) -> int:
+        if self.vae is None and resolution != self.unet.config.sample_size:
+            raise BackboneError(f"{self.name} is a pixel-space model trained at {self.unet.config.sample_size} px: "
+                                f"--resolution {resolution} is not available")
+        if resolution < 1 or resolution % self.resolution_multiple:
+            raise BackboneError(f"--resolution {resolution}: {self.name} needs a positive multiple of "
+                                f"{self.resolution_multiple} (VAE factor {self.vae_factor} × the UNet's downsampling)")
+        return resolution
     @property
     def latent_channels(self) -> int:
         return self.unet.config.in_channels
 
     @property
     def latent_size(self) -> int:
-        return self.unet.config.sample_size
+        return self._latent_size
 
     @property
     def image_size(self) -> int:
-        if self.vae is None:
-            return self.latent_size
-        return self.latent_size * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.latent_size * self.vae_factor
 
     def latent_shape(self, batch_size: int) -> tuple[int, ...]:
         return (batch_size, self.latent_channels, self.latent_size, self.latent_size)

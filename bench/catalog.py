@@ -19,6 +19,20 @@ REWARDS: tuple[str, ...] = (
 )
 BACKBONES: tuple[str, ...] = ("sd15", "sd15-random", "sd21", "shapes", "tiny")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: image sizes each backbone can sample (``--resolution``): a multiple of this (VAE factor × UNet downsampling), or
+#: for a pixel-space model its one trained size (negative: exactly that size). A test checks these against the models.
+RESOLUTION = {"sd15": 64, "sd15-random": 64, "sd21": 64, "tiny": 4, "shapes": -24}
+
+
+def check_resolution(backbone: str, resolution: int | None) -> None:
+    if resolution is None or backbone not in RESOLUTION:
+        return
+    rule = RESOLUTION[backbone]
+    if rule < 0 and resolution != -rule:
+        raise UsageError(f"--resolution {resolution}: {backbone} is a pixel-space model trained at {-rule} px only")
+    if rule > 0 and (resolution < rule or resolution % rule):
+        raise UsageError(f"--resolution {resolution}: {backbone} needs a positive multiple of {rule} "
+                         f"(VAE factor × the UNet's downsampling)")
 #: backbones whose weights come from the hub (or --backbone-path DIR, or the variable BENCH_<NAME>_PATH)
 HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1"}
 

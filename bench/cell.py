@@ -40,6 +40,11 @@ def read_prompts(name_or_path: str) -> list[str]:
     return [ln for ln in lines if ln and not ln.startswith("#")]
 
 
+#: fields added after results were committed: left out of a cell's identity while at their default (None), so the
+#: ids of existing cells do not change
+OPTIONAL_IDENTITY = ("resolution",)
+
+
 @dataclass
 class CellSpec:
     backbone: str = "tiny"
@@ -65,6 +70,8 @@ class CellSpec:
     device: str = "cpu"
     dtype: str = "fp32"
     backbone_path: str | None = None
+    #: image size (height = width) for latent backbones; None: the backbone's own (512 for SD 1.5)
+    resolution: int | None = None
     lora_rank: int = 4
     suite: str = "default"
     results_dir: str = "results"
@@ -96,7 +103,8 @@ class CellSpec:
     def cell_id(self) -> str:
         """Deterministic identity: readable parts plus a hash of everything that changes the result."""
         keyed = {k: v for k, v in dataclasses.asdict(self).items()
-                 if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward")}
+                 if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward")
+                 and not (k in OPTIONAL_IDENTITY and v is None)}
         digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.backbone}__{self.task or self.reward}__{self.method}__s{self.seed}__{digest}"
 
@@ -226,7 +234,8 @@ def build(spec: CellSpec):
         eval_rewards = {n: (train_reward if n == train_reward_name else rewards.create(n, **kw))
                         for n, kw in eval_specs.items()}
     backbone = backbones.create(spec.backbone, device=spec.device, dtype=spec.dtype, lora_rank=spec.lora_rank,
-                                **({"path": spec.backbone_path} if spec.backbone_path else {}))
+                                **({"path": spec.backbone_path} if spec.backbone_path else {}),
+                                **({"resolution": spec.resolution} if spec.resolution else {}))
     train_reward = train_reward.to(backbone.device)
     eval_rewards = {n: r.to(backbone.device) for n, r in eval_rewards.items()}
     method = methods.create(spec.method, backbone, train_reward, seed=spec.seed, protocol=spec.protocol,

@@ -54,6 +54,8 @@ def add_run_parser(sub) -> None:
     p.add_argument("--protocol", choices=["shared", "reference"], default="shared")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: the preset's, else cuda if available)")
     p.add_argument("--dtype", default=None, help="fp32, bf16, fp16")
+    p.add_argument("--resolution", type=int, default=None, help="image size (height = width) for Stable Diffusion "
+                   "backbones, a multiple of 64 (default: the model's own, 512 for SD 1.5)")
     p.add_argument("--suite", default=None, help="write to RESULTS_DIR/SUITE/ (default: the preset's name; 'single' "
                    "for a --reward cell)")
     p.add_argument("--results-dir", default="runs", help="where runs are written (default: runs/, untracked; the "
@@ -127,6 +129,7 @@ def precheck_run(args) -> None:
         raise UsageError(f"--backbone-path {args.backbone_path!r} not found: give a local diffusers directory "
                          f"(unet/, vae/, text_encoder/, tokenizer/, scheduler/) or a hub id")
     for name in _backbones_used(args, grid):
+        catalog.check_resolution(name, args.resolution)
         catalog.check_hub_backbone(name, args.backbone_path)
     for name, kwargs in _rewards_used(args, grid):
         catalog.check_hub_reward(name, kwargs)
@@ -230,7 +233,7 @@ def cmd_run(args) -> int:
         preset = None
     reward_kwargs = check_reward_args(reward_name, args.reward_kwargs) if args.reward_kwargs else None
     changes: dict[str, Any] = {}
-    for key in ("batch_size", "eval_every", "dtype", "backbone_path"):
+    for key in ("batch_size", "eval_every", "dtype", "backbone_path", "resolution"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     specs = [dataclasses.replace(s, **changes, **({"reward_kwargs": {**s.reward_kwargs, **reward_kwargs}}

@@ -470,7 +470,7 @@ def run_from_args(args) -> int:
         specs = [dataclasses.replace(s, batch_size=args.batch_size) for s in specs]
     if args.eval_every is not None:
         specs = [dataclasses.replace(s, eval_every=args.eval_every) for s in specs]
-    for key in ("dtype", "backbone_path"):
+    for key in ("dtype", "backbone_path", "resolution"):
         if getattr(args, key, None) is not None:
             specs = [dataclasses.replace(s, **{key: getattr(args, key)}) for s in specs]
     specs = shard(specs, i, n)

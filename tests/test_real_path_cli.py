@@ -71,3 +71,79 @@ def test_single_run_takes_plugins(tmp_path, capsys):
     code = main(["run", "--method", "refl", "--task", "shapes-aesthetic", "--plugins", "no_such_plugin_module",
                  "--results-dir", str(tmp_path)])
     assert code == 2 and "--plugins: cannot import 'no_such_plugin_module'" in capsys.readouterr().err
+
+
+def test_resolution_changes_the_sampled_size_and_is_checked(tmp_path):
+    import torch
+
+    from bench import backbones
+    from methods.sampling import sample
+
+    bb = backbones.create("tiny", resolution=48, lora_rank=None)
+    assert bb.latent_shape(2) == (2, 4, 24, 24) and bb.image_size == 48
+    with torch.no_grad():
+        out = sample(bb, bb.encode_prompts(["a", "b"]), torch.randn(bb.latent_shape(2)), num_steps=2,
+                     guidance_scale=1.0, eta=0.0)
+        assert bb.decode(out.latents).shape == (2, 3, 48, 48)
+    with pytest.raises(backbones.BackboneError, match="multiple of 4"):
+        backbones.create("tiny", resolution=30, lora_rank=None)
+    with pytest.raises(backbones.BackboneError, match="pixel-space"):
+        backbones.create("shapes", resolution=32, lora_rank=None)
+
+
+def test_catalog_resolution_rules_match_the_architectures():
+    import json
+    from pathlib import Path
+
+    from bench import backbones, catalog
+
+    assert catalog.RESOLUTION["tiny"] == backbones.create("tiny", lora_rank=None).resolution_multiple
+    assert catalog.RESOLUTION["shapes"] == -backbones.create("shapes", lora_rank=None).image_size
+    cfg = Path(backbones.__file__).parent / "configs" / "sd15"
+    vae, unet = (json.loads((cfg / f).read_text()) for f in ("vae.json", "unet.json"))
+    sd = 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
+    assert catalog.RESOLUTION["sd15-random"] == catalog.RESOLUTION["sd15"] == sd == 64
+
+
+@pytest.mark.parametrize("args, match", [(["--backbone", "tiny", "--resolution", "30"], "multiple of 4"),
+                                         (["--backbone", "sd15-random", "--resolution", "500"], "multiple of 64"),
+                                         (["--resolution", "32"], "pixel-space")])
+def test_bad_resolution_is_one_line_before_anything_loads(args, match, capsys, tmp_path):
+    import sys
+
+    from bench.cli import main
+
+    task = ["--reward", "jpeg-compressibility"] if "--backbone" in args else ["--task", "shapes-aesthetic"]
+    assert main(["run", "--method", "draft-k", *task, *args, "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err
+
+
+def test_a_cell_trains_and_evaluates_at_the_chosen_resolution(tmp_path):
+    import pandas as pd
+
+    from bench.cli import main
+
+    assert main(["run", "--method", "draft-1", "--reward", "jpeg-compressibility", "--backbone", "tiny",
+                 "--resolution", "48", "--budget", "2", "--batch-size", "2", "--eval-every", "2", "--num-steps", "2",
+                 "--results-dir", str(tmp_path)]) == 0
+    row = pd.read_csv(tmp_path / "single" / "cells.csv").iloc[0]
+    assert row["status"] == "ok"
+    from PIL import Image
+
+    grid = Image.open(tmp_path / "single" / "cells" / row["cell_id"] / "eval.png")
+    assert grid.size[1] > 2 * 96  # two rows of enlarged 48-px images
+
+
+def test_new_optional_fields_keep_the_committed_cell_ids():
+    """Adding CellSpec fields (resolution) must not rename the committed cells: the ci grid still plans exactly the
+    baseline's cell ids."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from bench import grid, presets
+
+    baseline = pd.read_csv(Path(__file__).resolve().parent.parent / "results" / "ci" / "baseline.csv")
+    specs, _ = grid.plan(presets.get("ci"))
+    assert {s.cell_id for s in specs} == set(baseline["cell_id"])
