@@ -55,7 +55,7 @@ def check_hub_reward(name: str, kwargs: dict) -> None:
     if name not in REWARD_HUB_FILES:
         return
     repo, filename, arg = REWARD_HUB_FILES[name]
-    if kwargs.get(arg):
+    if kwargs.get(arg) or kwargs.get("weights", "pretrained") != "pretrained":
         return
     filename = filename.format(hps_file=HPS_FILES.get(str(kwargs.get("version", "2.1")), "HPS_v2.1_compressed.pt"))
     import offline

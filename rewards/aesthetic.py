@@ -74,10 +74,15 @@ def load_aesthetic_head(path: str, input_dim: int = 768, reward: str = "aestheti
 
 
 @register("aesthetic", "LAION aesthetic predictor v2 (CLIP ViT-L/14 + linear MLP), score ≈ 1–10")
-def aesthetic(clip: str = CLIP_L14, head_path: str | None = None, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> AestheticReward:
+def aesthetic(clip: str = CLIP_L14, head_path: str | None = None, weights: str = "pretrained",
+              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> AestheticReward:
     """``clip``: hub id or local directory of a transformers CLIP ViT-L/14; ``head_path``: local
     ``sac+logos+ava1-l14-linearMSE.pth`` (default: from the hub)."""
+    if weights != "pretrained":
+        from . import testing
+        from .loading import random_weights
+
+        return random_weights("aesthetic", weights, testing.aesthetic, device, dtype)
     from transformers import CLIPVisionModelWithProjection
 
     from .encoders import HFImageEncoder

@@ -93,8 +93,13 @@ def resnet50_class(target: int | str | Sequence[int | str] = "cat", weights: str
     state-dict file (default: torchvision's cache or its download URL)."""
     from torchvision.models import ResNet50_Weights, resnet50
 
+    if weights == "random":  # the real ResNet-50 with seeded random weights (no download), as the other rewards
+        from . import testing
+        from .loading import random_weights
+
+        return random_weights("resnet50-class", "random", lambda full: testing.resnet50_class(target), device, dtype)
     if weights not in ("IMAGENET1K_V1", "IMAGENET1K_V2"):
-        raise RewardError(f"resnet50-class: weights must be IMAGENET1K_V1 or IMAGENET1K_V2, got {weights!r}")
+        raise RewardError(f"resnet50-class: weights must be IMAGENET1K_V1, IMAGENET1K_V2 or random, got {weights!r}")
     spec = ResNet50_Weights[weights]
     model = resnet50()
     if weights_path is not None:

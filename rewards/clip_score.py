@@ -49,10 +49,15 @@ def hps_preprocess(images: torch.Tensor, size: int = 224) -> torch.Tensor:
 
 
 @register("pickscore", "PickScore v1 (CLIP-H): logit_scale·cos(image, its prompt), ≈ 15–25")
-def pickscore(model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR, device: str | torch.device = "cpu",
-              dtype: torch.dtype = torch.float32) -> ClipScoreReward:
+def pickscore(model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR, weights: str = "pretrained",
+              device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ClipScoreReward:
     """``model``: hub id or local directory of PickScore_v1 (transformers CLIPModel); ``processor``: the tokenizer's
     hub id or local directory (laion CLIP-ViT-H-14)."""
+    if weights != "pretrained":
+        from . import testing
+        from .loading import random_weights
+
+        return random_weights("pickscore", weights, testing.pickscore, device, dtype)
     from transformers import AutoTokenizer, CLIPModel
 
     from .encoders import HFImageEncoder, HFTextEncoder
@@ -76,10 +81,15 @@ def load_hps_checkpoint(model: nn.Module, path: str, reward: str = "hpsv2", arg:
 
 
 @register("hpsv2", "Human Preference Score v2.0/v2.1 (open_clip ViT-H-14): cos(image, its prompt), ≈ 0.2–0.35")
-def hpsv2(version: str = "2.1", checkpoint: str | None = None, device: str | torch.device = "cpu",
-          dtype: torch.dtype = torch.float32) -> ClipScoreReward:
+def hpsv2(version: str = "2.1", checkpoint: str | None = None, weights: str = "pretrained",
+          device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ClipScoreReward:
     """``version``: "2.0" or "2.1" (scores of the two are not comparable); ``checkpoint``: local HPS_v2*_compressed.pt
     (default: hub repo xswu/HPSv2)."""
+    if weights != "pretrained":
+        from . import testing
+        from .loading import random_weights
+
+        return random_weights("hpsv2", weights, testing.hpsv2, device, dtype)
     import open_clip
 
     from .encoders import OpenCLIPImageEncoder, OpenCLIPTextEncoder

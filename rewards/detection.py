@@ -64,10 +64,15 @@ def owlvit_preprocess(images: torch.Tensor, size: int = 768) -> torch.Tensor:
 
 
 @register("owlvit", "OWL-ViT detection: sign·max_box sigmoid(logit) for a text query, in [0,1] (+1) or [-1,0] (-1)")
-def owlvit(query: str = "a strawberry", sign: int = 1, model: str = OWLVIT, device: str | torch.device = "cpu",
-           dtype: torch.dtype = torch.float32) -> DetectionReward:
+def owlvit(query: str = "a strawberry", sign: int = 1, model: str = OWLVIT, weights: str = "pretrained",
+           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> DetectionReward:
     """``query``: the object, e.g. "a photo of a strawberry"; ``sign``: +1 add, −1 remove; ``model``: hub id or local
     directory of google/owlvit-base-patch32 (model and tokenizer)."""
+    if weights != "pretrained":
+        from . import testing
+        from .loading import random_weights
+
+        return random_weights("owlvit", weights, lambda full: testing.owlvit(query, sign, full), device, dtype)
     from transformers import AutoTokenizer, OwlViTForObjectDetection
 
     detector_model = from_pretrained(OwlViTForObjectDetection, model, "model", "owlvit")

@@ -151,9 +151,15 @@ def imagereward_tokenizer(name_or_path: str = TOKENIZER, reward: str = "imagerew
 
 @register("imagereward", "ImageReward v1.0 (BLIP + MLP), normalised score ≈ −2…+2")
 def imagereward(checkpoint: str | None = None, med_config: str | None = None, tokenizer: str = TOKENIZER,
-                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ImageReward:
+                weights: str = "pretrained", device: str | torch.device = "cpu",
+                dtype: torch.dtype = torch.float32) -> ImageReward:
     """``checkpoint``: local ImageReward.pt; ``med_config``: local med_config.json (both default to hub THUDM/ImageReward);
     ``tokenizer``: hub id or local directory of bert-base-uncased."""
+    if weights != "pretrained":
+        from . import testing
+        from .loading import random_weights
+
+        return random_weights("imagereward", weights, testing.imagereward, device, dtype)
     ckpt = weight_file(checkpoint, REPO, CHECKPOINT, "checkpoint", "imagereward")
     cfg_path = weight_file(med_config, REPO, MED_CONFIG, "med_config", "imagereward")
     reward = build_imagereward(imagereward_tokenizer(tokenizer), json.loads(cfg_path.read_text()))

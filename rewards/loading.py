@@ -21,6 +21,22 @@ def _offline() -> bool:
     return offline.offline()
 
 
+WEIGHTS = ("pretrained", "random", "random-small")
+
+
+def random_weights(reward: str, weights: str, build: Callable[[bool], Any], device="cpu", dtype=None) -> Any:
+    """``weights="random"``: the reward's full architecture with seeded random weights in its official layout, built
+    in memory (no download; memory and speed are the real model's, scores are meaningless). ``"random-small"``: a
+    reduced config of the same classes at the real input size. Used by the ``smoke-real`` preset and systems runs."""
+    if weights not in WEIGHTS[1:]:
+        from .base import RewardError
+
+        raise RewardError(f"{reward}: weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    out = build(weights == "random").to(device=device, **({"dtype": dtype} if dtype is not None else {}))
+    out.name = reward
+    return out
+
+
 def weight_file(path: str | os.PathLike | None, repo_id: str, filename: str, arg: str, reward: str) -> Path:
     """A local weight file: ``path`` if given (it must exist), else ``filename`` from hub repo ``repo_id``.
 

@@ -147,3 +147,34 @@ def test_new_optional_fields_keep_the_committed_cell_ids():
     baseline = pd.read_csv(Path(__file__).resolve().parent.parent / "results" / "ci" / "baseline.csv")
     specs, _ = grid.plan(presets.get("ci"))
     assert {s.cell_id for s in specs} == set(baseline["cell_id"])
+
+
+@pytest.mark.parametrize("reward", ["aesthetic", "hpsv2", "pickscore", "imagereward", "owlvit", "resnet50-class"])
+def test_random_weight_rewards_are_selectable_by_name(reward):
+    """`--reward-arg weights=random` (full architecture) / `random-small`: no download, a differentiable reward of the
+    real class, deterministic in its seed."""
+    import torch
+
+    import rewards
+
+    weights = "random" if reward == "resnet50-class" else "random-small"
+    a, b = rewards.create(reward, weights=weights), rewards.create(reward, weights=weights)
+    x = torch.rand(2, 3, 64, 64, requires_grad=True)
+    s = a(x, ["a photo of a cat", "a strawberry"])
+    assert s.shape == (2,) and torch.equal(s.detach(), b(x, ["a photo of a cat", "a strawberry"]).detach())
+    s.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_random_weight_reward_cell_from_the_cli(tmp_path, capsys):
+    import pandas as pd
+
+    from bench.cli import main
+
+    assert main(["run", "--method", "draft-1", "--reward", "hpsv2", "--reward-arg", "weights=random-small",
+                 "--backbone", "tiny", "--budget", "2", "--batch-size", "2", "--eval-every", "2", "--num-steps", "2",
+                 "--results-dir", str(tmp_path)], ) == 0
+    assert pd.read_csv(tmp_path / "single" / "cells.csv").iloc[0]["status"] == "ok"
+    assert main(["run", "--method", "draft-1", "--reward", "hpsv2", "--reward-arg", "weights=nope",
+                 "--backbone", "tiny", "--results-dir", str(tmp_path)]) == 2
+    assert "weights must be one of pretrained, random, random-small" in capsys.readouterr().err
