@@ -46,6 +46,10 @@ def add_run_parser(sub) -> None:
     p.add_argument("--budget", type=int, default=None, help="training samples per cell")
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--eval-every", type=int, default=None, help="evaluate every N training samples")
+    p.add_argument("--eval-prompts", type=int, default=None, help="evaluate on the first N held-out prompts "
+                   "(default: the preset's)")
+    p.add_argument("--eval-images", type=int, default=None, help="fixed noises (images) per evaluation prompt "
+                   "(default: the preset's)")
     p.add_argument("--num-steps", type=int, default=None, help="sampling steps")
     p.add_argument("--guidance-scale", type=float, default=None)
     p.add_argument("--eta", type=float, default=None)
@@ -113,6 +117,7 @@ def precheck_run(args) -> None:
         catalog.check("backbone", args.backbone)
     for flag, value, low in (("--budget", args.budget, 1), ("--batch-size", args.batch_size, 1),
                              ("--eval-every", args.eval_every, 1), ("--num-steps", args.num_steps, 1),
+                             ("--eval-prompts", args.eval_prompts, 1), ("--eval-images", args.eval_images, 1),
                              ("--jobs", args.jobs, 1), ("--limit", args.limit, 1)):
         if value is not None and value < low:
             raise UsageError(f"{flag} must be >= {low}, got {value}")
@@ -238,6 +243,7 @@ def cmd_run(args) -> int:
             changes[key] = getattr(args, key)
     specs = [dataclasses.replace(s, **changes, **({"reward_kwargs": {**s.reward_kwargs, **reward_kwargs}}
                                                  if reward_kwargs else {})) for s in specs]
+    specs = grid.apply_eval_size(specs, args.eval_prompts, args.eval_images)
     for s in specs:
         s.validate()
     rows = []

@@ -125,6 +125,15 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
     return specs, notes
 
 
+def apply_eval_size(specs: list, prompts: int | None, images: int | None) -> list:
+    """``--eval-prompts N`` (the first N held-out prompts) and ``--eval-images K`` (noises per prompt)."""
+    if prompts is not None:
+        specs = [dataclasses.replace(s, eval_prompts=s.eval_prompts[:prompts]) for s in specs]
+    if images is not None:
+        specs = [dataclasses.replace(s, eval_images_per_prompt=images) for s in specs]
+    return specs
+
+
 def check_settings(method: str, settings: dict[str, Any], protocol: str) -> dict[str, Any]:
     """Method settings checked before anything loads (one line, exit 2): every key a field of the method's config,
     every value of the field's type (``truncation_steps=2.5`` is not an integer), then the config's own range checks.
@@ -473,6 +482,7 @@ def run_from_args(args) -> int:
     for key in ("dtype", "backbone_path", "resolution"):
         if getattr(args, key, None) is not None:
             specs = [dataclasses.replace(s, **{key: getattr(args, key)}) for s in specs]
+    specs = apply_eval_size(specs, getattr(args, "eval_prompts", None), getattr(args, "eval_images", None))
     specs = shard(specs, i, n)
     if args.limit is not None:
         specs = specs[: args.limit]

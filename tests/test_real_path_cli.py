@@ -178,3 +178,22 @@ def test_random_weight_reward_cell_from_the_cli(tmp_path, capsys):
     assert main(["run", "--method", "draft-1", "--reward", "hpsv2", "--reward-arg", "weights=nope",
                  "--backbone", "tiny", "--results-dir", str(tmp_path)]) == 2
     assert "weights must be one of pretrained, random, random-small" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("grid_flag", [[], ["--grid", "--preset", "ci"]])
+def test_evaluation_size_is_the_users_choice(monkeypatch, tmp_path, grid_flag):
+    import bench.cell
+    from bench import grid
+    from bench.cli import main
+
+    seen = []
+    monkeypatch.setattr(bench.cell, "run_cell", lambda spec, on_progress=None: (
+        seen.append(spec), ({"cell_id": spec.cell_id, "status": "ok", "message": "", "eval_reward": "r",
+                             "reward_initial": 0.0, "reward_final": 0.0, "train_wall_s": 0.0, "samples_per_s": 0.0,
+                             "peak_mem_mb": 0.0}, [{"cell_id": spec.cell_id, "samples": 0}]))[1])
+    monkeypatch.setattr(grid, "run_grid", lambda specs, out, **kw: (seen.extend(specs),
+                                                                    {"ran": 0, "skipped": 0, "results": {}})[1])
+    method = ["--methods", "refl", "--tasks", "shapes-aesthetic"] if grid_flag else ["--method", "refl", "--task",
+                                                                                      "shapes-aesthetic"]
+    main(["run", *grid_flag, *method, "--eval-prompts", "2", "--eval-images", "1", "--results-dir", str(tmp_path)])
+    assert seen and all(len(s.eval_prompts) == 2 and s.eval_images_per_prompt == 1 for s in seen)
