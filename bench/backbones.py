@@ -299,6 +299,7 @@ def create(name: str, **kw) -> DiffusersBackbone:
 
 def _hub_factory(key: str) -> Callable[..., DiffusersBackbone]:
     def factory(path: str | None = None, **kw) -> DiffusersBackbone:
+        kw.pop("seed", None)  # weights come from the checkpoint
         return from_pretrained(path or os.environ.get(f"BENCH_{key.upper()}_PATH") or HUB_IDS[key], name=key, **kw)
 
     return factory
@@ -312,6 +313,12 @@ register("sd21", f"Stable Diffusion 2.1 weights ({HUB_IDS['sd21']} or --backbone
 @register("sd15-random", "the real SD-1.5 architecture (860M UNet, 512 px) with random weights, for memory/throughput")
 def _sd15_random(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackbone:
     return from_config_dir(CONFIG_DIR / "sd15", seed=seed, name="sd15-random", **kw)
+
+
+@register("sd21-random", "the real SD-2.1 architecture (865M UNet, OpenCLIP-H text encoder, v-prediction, 768 px) "
+                         "with random weights")
+def _sd21_random(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackbone:
+    return from_config_dir(CONFIG_DIR / "sd21", seed=seed, name="sd21-random", **kw)
 
 
 @register("tiny", "a tiny SD-architecture (UNet+VAE+CLIP text, 32 px) with random weights, for tests and CPU runs")

@@ -17,11 +17,11 @@ REWARDS: tuple[str, ...] = (
     "jpeg-incompressibility", "jpeg-incompressibility-surrogate", "owlvit", "pickscore", "resnet50-class",
     "shapes-aesthetic", "shapes-alignment", "shapes-classifier", "shapes-detector", "shapes-gold-aesthetic",
 )
-BACKBONES: tuple[str, ...] = ("sd15", "sd15-random", "sd21", "shapes", "tiny")
+BACKBONES: tuple[str, ...] = ("sd15", "sd15-random", "sd21", "sd21-random", "shapes", "tiny")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: image sizes each backbone can sample (``--resolution``): a multiple of this (VAE factor × UNet downsampling), or
 #: for a pixel-space model its one trained size (negative: exactly that size). A test checks these against the models.
-RESOLUTION = {"sd15": 64, "sd15-random": 64, "sd21": 64, "tiny": 4, "shapes": -24}
+RESOLUTION = {"sd15": 64, "sd15-random": 64, "sd21": 64, "sd21-random": 64, "tiny": 4, "shapes": -24}
 
 
 def check_resolution(backbone: str, resolution: int | None) -> None:

@@ -397,6 +397,52 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--out", default="runs/sample.png")
 
 
+# ------------------------------------------------------------------------------------------------ export-backbone
+def add_export_parser(sub) -> None:
+    p = sub.add_parser("export-backbone", help="write a backbone as a diffusers StableDiffusionPipeline directory",
+                       description="Write a registered latent backbone (random-weight ones included) as a diffusers "
+                                   "pipeline directory: StableDiffusionPipeline.from_pretrained(DIR) loads it, and "
+                                   "--backbone sd15 --backbone-path DIR reads it back.",
+                       epilog=examples("python -m bench export-backbone sd15-random runs/sd15-random",
+                                       "python -m bench run --method draft-1 --task aesthetic-animals --backbone sd15 "
+                                       "--backbone-path runs/sd15-random --reward-arg weights=random"))
+    p.add_argument("name", help="backbone name (see `bench list backbones`)")
+    p.add_argument("directory")
+    p.add_argument("--dtype", default="fp32", help="fp32, bf16, fp16 (the weights as saved)")
+    p.add_argument("--seed", type=int, default=0, help="random-weight backbones: the seed of their weights")
+    p.add_argument("--force", action="store_true", help="replace a directory that is not empty")
+
+
+def precheck_export(args) -> None:
+    catalog.check("backbone", args.name)
+    if catalog.RESOLUTION.get(args.name, 1) < 0:
+        raise UsageError(f"export-backbone: {args.name} is pixel-space (no VAE): it has no StableDiffusionPipeline")
+    if args.dtype not in catalog.DTYPES:
+        raise UsageError(f"--dtype {args.dtype!r}: valid: {', '.join(catalog.DTYPES)}")
+    out = Path(args.directory)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not args.force:
+        raise UsageError(f"export-backbone: {out} exists and is not empty (--force replaces it)")
+    catalog.check_hub_backbone(args.name, None)
+
+
+def cmd_export(args) -> int:
+    import shutil
+
+    from bench import backbones
+
+    bb = backbones.create(args.name, lora_rank=None, dtype=args.dtype, seed=args.seed)
+    out = Path(args.directory)
+    tmp = out.with_name(out.name + ".tmp-export")
+    shutil.rmtree(tmp, ignore_errors=True)
+    bb.pipeline().save_pretrained(str(tmp), safe_serialization=True)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(f"wrote {out}: a StableDiffusionPipeline ({args.name}, {args.dtype}); read it back with "
+          f"--backbone sd15 --backbone-path {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------------------------------------- main
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="python -m bench", description=__doc__, epilog=examples(
@@ -408,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=examples("python -m bench list", "python -m bench list tasks"))
     p.add_argument("what", nargs="?", choices=["backbones", "methods", "rewards", "tasks", "presets"])
     add_sample_parser(sub)
+    add_export_parser(sub)
     for name, module, help_ in EXTRA_COMMANDS:
         sp = sub.add_parser(name, help=help_, add_help=False)
         sp.add_argument("rest", nargs=argparse.REMAINDER)
@@ -438,8 +485,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         if args.command == "run":
             precheck_run(args)  # before any model library is imported
+        if args.command == "export-backbone":
+            precheck_export(args)
         catalog.load_registries([p for p in (getattr(args, "plugins", None) or "").split(",") if p])
-        return {"run": cmd_run, "list": cmd_list, "sample": cmd_sample}[args.command](args)
+        return {"run": cmd_run, "list": cmd_list, "sample": cmd_sample, "export-backbone": cmd_export}[args.command](args)
     except UsageError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -151,7 +151,7 @@ def test_catalog_names_equal_the_registries():
 
 
 # ------------------------------------------------------------------------------------------------------- help
-HELP = [["run"], ["list"], ["sample"], ["leaderboard"], ["compare"], ["lora-sweep"], ["testbed"],
+HELP = [["run"], ["list"], ["sample"], ["export-backbone"], ["leaderboard"], ["compare"], ["lora-sweep"], ["testbed"],
         ["testbed", "train"], ["testbed", "gates"], ["testbed", "sample"], []]
 
 

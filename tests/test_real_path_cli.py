@@ -197,3 +197,51 @@ def test_evaluation_size_is_the_users_choice(monkeypatch, tmp_path, grid_flag):
                                                                                       "shapes-aesthetic"]
     main(["run", *grid_flag, *method, "--eval-prompts", "2", "--eval-images", "1", "--results-dir", str(tmp_path)])
     assert seen and all(len(s.eval_prompts) == 2 and s.eval_images_per_prompt == 1 for s in seen)
+
+
+def test_export_backbone_writes_a_pipeline_that_diffusers_and_backbone_path_load(tmp_path):
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from bench import backbones
+    from bench.cli import main
+
+    out = tmp_path / "tiny-pipe"
+    assert main(["export-backbone", "tiny", str(out)]) == 0
+    pipe = StableDiffusionPipeline.from_pretrained(str(out), safety_checker=None, requires_safety_checker=False)
+    back = backbones.create("sd15", path=str(out), lora_rank=None)
+    ref = backbones.create("tiny", lora_rank=None)
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        cond = ref.encode_prompts(["a cat"])
+        expected = ref.unet(x, t, encoder_hidden_states=cond.embeds).sample
+        for unet in (pipe.unet, back.unet):
+            assert torch.allclose(unet(x, t, encoder_hidden_states=cond.embeds).sample, expected, atol=1e-6)
+        assert torch.equal(back.encode_prompts(["a cat"]).embeds, cond.embeds)
+    assert main(["export-backbone", "tiny", str(out)]) == 2  # not empty: refuses without --force
+    assert main(["export-backbone", "shapes", str(tmp_path / "s")]) == 2  # pixel space: no pipeline
+
+
+def test_sd21_random_is_sd21s_architecture():
+    import json
+    from pathlib import Path
+
+    from bench import backbones
+
+    cfg = Path(backbones.__file__).parent / "configs" / "sd21"
+    unet, text, sched = (json.loads((cfg / f).read_text()) for f in ("unet.json", "text_encoder.json",
+                                                                     "scheduler.json"))
+    assert sched["prediction_type"] == "v_prediction" and unet["sample_size"] * 8 == 768
+    assert unet["cross_attention_dim"] == text["hidden_size"] == 1024 and unet["use_linear_projection"]
+    assert text["num_hidden_layers"] == 23 and text["hidden_act"] == "gelu"  # OpenCLIP-H without its last layer
+
+
+@pytest.mark.slow
+def test_sd21_random_builds_at_its_real_size():
+    from bench import backbones
+
+    bb = backbones.create("sd21-random", dtype="bf16", lora_rank=4)
+    assert 860e6 < sum(p.numel() for p in bb.unet.parameters()) < 875e6
+    assert bb.image_size == 768 and bb.scheduler.config.prediction_type == "v_prediction"
+    assert bb.encode_prompts(["a cat"]).embeds.shape == (1, 77, 1024)
