@@ -256,10 +256,12 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
     curve: list[dict[str, Any]] = []
 
     eval_images: dict[str, torch.Tensor] = {}
+    last_scores: dict[str, torch.Tensor] = {}
 
     def evaluate(samples: int, queries: int) -> dict[str, float]:
         scores, images = evaluator()
         eval_images["first" if not curve else "last"] = images
+        last_scores.update(scores)
         point = {"cell_id": spec.cell_id, "samples": samples, "reward_queries": queries,
                  "train_wall_s": round(train_time, 3)}
         for name, s in scores.items():
@@ -327,6 +329,9 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "reward_initial": first[f"{headline}_mean"], "reward_final": final[f"{headline}_mean"],
         "reward_final_std": final[f"{headline}_std"],
         "eval_images": len(evaluator.prompts),
+        # the headline reward of every final evaluation image, in the fixed (prompt, noise) order shared by every
+        # method and seed: the leaderboard compares methods image by image (paired) where a cell has one seed
+        "reward_final_images": " ".join(f"{v:.6g}" for v in last_scores[headline].tolist()),
         "diversity_initial": diversity.get("first", math.nan),
         "diversity_final": diversity.get("last", diversity.get("first", math.nan)),
         "diversity_embedding": embedding_name,

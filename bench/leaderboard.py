@@ -52,6 +52,48 @@ def tie_groups(means: Sequence[float], halves: Sequence[float]) -> list[int]:
     return groups
 
 
+def image_scores(g: pd.DataFrame) -> np.ndarray | None:
+    """A one-seed group's final headline reward per evaluation image (``reward_final_images``), else None."""
+    if len(g) != 1 or "reward_final_images" not in g or not isinstance(g["reward_final_images"].iloc[0], str):
+        return None
+    return np.array([float(v) for v in g["reward_final_images"].iloc[0].split()])
+
+
+def paired_tie(a: np.ndarray, b: np.ndarray) -> bool:
+    """Every method is evaluated on the same prompts and the same initial noise, so two one-seed cells are compared
+    image by image: tied unless the 95% interval of the mean difference a − b lies above 0 (Student t)."""
+    d = a - b
+    if len(d) < 2:
+        return True
+    from scipy.stats import t
+
+    half = t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return not d.mean() - half > 0
+
+
+def rank_groups(table: pd.DataFrame) -> list[int]:
+    """Rank groups (table sorted by final, descending): a method joins the group of the best method not yet ranked
+    when it is tied with it: paired per-image comparison where both have one seed and per-image scores, else
+    overlapping 95% intervals (over seeds, or over evaluation images)."""
+    groups, leader, g = [], None, 0
+    for _, r in table.iterrows():
+        a = leader.get("images") if leader is not None else None
+        b = r.get("images")
+        if leader is None:
+            tied = False
+        elif isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and len(a) == len(b):
+            tied = paired_tie(a, b)
+        else:
+            lh = leader["tie_half"] if math.isfinite(leader["tie_half"]) else 0.0
+            rh = r["tie_half"] if math.isfinite(r["tie_half"]) else 0.0
+            tied = r["final"] + rh >= leader["final"] - lh
+        if not tied:
+            g += 1
+            leader = r
+        groups.append(g)
+    return groups
+
+
 def _ci_images(std: float, n: float) -> float:
     """Half-width of the 95% interval of a mean over ``n`` evaluation images with standard deviation ``std``."""
     if not (n and n > 1 and math.isfinite(std)):
@@ -94,7 +136,7 @@ def task_summary(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
             else math.nan
         entry = {"method": method, "budget": int(budget), "protocol": protocol, "seeds": len(g),
                  "final": final, "final_ci95": half, "eval_images": n_images,
-                 "tie_half": half if len(g) > 1 else image_half, "initial": float(g["reward_initial"].mean()),
+                 "tie_half": half if len(g) > 1 else image_half, "images": image_scores(g), "initial": float(g["reward_initial"].mean()),
                  "auc": float(g["reward_auc"].mean()),
                  "samples_to_threshold": float(np.nanmedian(s2t)) if s2t and not all(map(math.isnan, s2t))
                  else math.nan,
@@ -109,7 +151,7 @@ def task_summary(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
             entry[c + "_ci95"] = h
         out.append(entry)
     table = pd.DataFrame(out).sort_values("final", ascending=False).reset_index(drop=True)
-    table["group"] = tie_groups(table["final"].tolist(), table["tie_half"].tolist())
+    table["group"] = rank_groups(table)
     return table
 
 
@@ -144,11 +186,12 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
               f"noises); seeds per method: {', '.join(map(str, seed_counts)) or '–'}", "",
               ("Ranked by final evaluation reward: 1 seed, so the value alone (no interval over seeds). "
                if one_seed else "Ranked by final evaluation reward: mean ± 95% interval over seeds (Student t). ") +
-              "Methods share a rank (shown `=`) when their 95% interval overlaps that of the best method not yet "
-              "ranked: " + ("with one seed the interval is over the cell's evaluation images, so a tie says the "
-                            "evaluation cannot tell the two apart, and a rank does not say a different training seed "
-                            "would agree. " if one_seed else "the interval over seeds (over evaluation images for a "
-                                                             "method with one seed). ") +
+              "Methods share a rank (shown `=`) when they are tied with the best method not yet ranked: " +
+              ("with one seed, compared image by image (every method is evaluated on the same prompts and noise): "
+               "tied unless the 95% interval of the mean per-image difference lies above 0. A rank says the "
+               "evaluation tells the two apart on this seed, not that another training seed would agree. "
+               if one_seed else "their 95% intervals over seeds overlap (one-seed methods: compared image by image "
+                                "where both have one seed). ") +
               "AUC: mean reward over training (area under reward vs samples). Samples→thr: first evaluated sample "
               "count reaching the task's threshold, half its best gain (initial + ½·(best final − initial)). "
               "Memory: CUDA max allocated (GPU) or process peak RSS (CPU).", ""]

@@ -320,3 +320,24 @@ def test_claim_verdicts_follow_their_stated_rules():
     lv = _claims([("draft-1", 100, [(0, 0.0), (100, 1.0)]), ("draft-lv", 100, [(0, 0.0), (50, 1.2), (100, 1.5)])])
     assert "DRaFT-LV 50 samples (final 1.5). Verdict: holds." in lv
     assert "after never" not in late + never + flat + lv
+
+
+def test_one_seed_cells_are_compared_image_by_image():
+    """Same prompts and noise for every method: a small but consistent per-image gain separates two methods whose
+    unpaired intervals overlap; noise-sized differences tie."""
+    import numpy as np
+    import pandas as pd
+
+    from bench.leaderboard import paired_tie, rank_groups
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(5.0, 1.0, 32)  # image-to-image spread 1.0 (the unpaired 95% interval is about ±0.36)
+    better = base + 0.2 + rng.normal(0, 0.02, 32)
+    noisy = base + rng.normal(0, 0.3, 32)
+    assert not paired_tie(better, base) and paired_tie(noisy, base) and paired_tie(base, base)
+    table = pd.DataFrame([
+        {"final": better.mean(), "tie_half": 0.36, "images": better},
+        {"final": noisy.mean(), "tie_half": 0.36, "images": noisy},
+        {"final": base.mean(), "tie_half": 0.36, "images": base}]).sort_values("final", ascending=False)
+    groups = dict(zip(table["final"], rank_groups(table)))
+    assert groups[better.mean()] == 1 and groups[base.mean()] == 2
