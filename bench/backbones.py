@@ -154,11 +154,20 @@ class DiffusersBackbone(nn.Module):
         return self.unet(x, timestep, encoder_hidden_states=cond.embeds).sample.float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images in [0, 1]. Under gradient the VAE decode is checkpointed: its activations (the largest of
+        any module at 512 px) are recomputed in backward instead of held through the reward's forward and backward."""
         if self.vae is None:
             images = latents.float()
+        elif torch.is_grad_enabled() and latents.requires_grad:
+            from torch.utils.checkpoint import checkpoint
+
+            images = checkpoint(self._vae_decode, latents, use_reentrant=False)
         else:
-            images = self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample.float()
+            images = self._vae_decode(latents)
         return (images / 2 + 0.5).clamp(0, 1)
+
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents.to(self.dtype) / self.vae.config.scaling_factor).sample.float()
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.unet.parameters() if p.requires_grad]

@@ -161,8 +161,9 @@ def _backbones_used(args, grid: bool) -> set[str]:
                                                                     for p in args.task.split(","))]
     if grid:
         preset = preset or presets.get("quick")
+        if preset.cells:
+            return {bb for _, t, bb in preset.cells if t in names}
         names = names if args.task else preset.tasks
-    out = set()
     for n in names:
         task = tasks.get(n) if n in tasks.available() else None
         p = preset or (presets.get("quick" if task and task.suite == "testbed" else "sd15"))
@@ -178,14 +179,15 @@ def _rewards_used(args, grid: bool) -> list[tuple[str, dict]]:
 
     if args.reward:
         return [(args.reward, dict(args.reward_kwargs))]
-    patterns = [p.strip() for p in args.task.split(",")] if args.task else \
-        presets.get(args.preset or "quick").tasks if grid else []
+    preset = presets.get(args.preset) if args.preset else presets.get("quick") if grid else None
+    patterns = [p.strip() for p in args.task.split(",")] if args.task else preset.tasks if grid else []
+    extra = preset.reward_kwargs if preset is not None else {}
     out = []
     for n in tasks.available():
         if any(fnmatch.fnmatch(n, p) for p in patterns):
             task = tasks.get(n)
-            out.append((task.reward, {**task.reward_kwargs, **args.reward_kwargs}))
-            out += [(r, kw) for r, kw in task.eval_rewards.items()]
+            out.append((task.reward, {**extra, **task.reward_kwargs, **args.reward_kwargs}))
+            out += [(r, {**extra, **kw}) for r, kw in task.eval_rewards.items()]
     return out
 
 

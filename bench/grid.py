@@ -80,49 +80,68 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
     for m in [m for m in method_names if m not in registered]:
         notes.append(f"method {m} is not registered yet: skipped")
     method_names = [m for m in method_names if m in registered]
-    usable_tasks = []
-    for t in task_names:
-        task = tasks_mod.get(t)
-        missing = tasks_mod.missing_rewards(task)
-        bb = backbone or preset.backbone or task.backbone
+    if preset.cells:  # explicit (method, task, backbone) cells instead of the product
+        triples = [(t, m, backbone or bb) for m, t, bb in preset.cells if m in method_names and t in task_names]
+    else:
+        triples = [(t, m, backbone or preset.backbone or tasks_mod.get(t).backbone)
+                   for t in task_names for m in method_names]
+    usable = []
+    for t, m, bb in triples:
+        missing = tasks_mod.missing_rewards(tasks_mod.get(t))
         if missing:
-            notes.append(f"task {t}: reward(s) {', '.join(missing)} not registered yet: skipped")
+            note = f"task {t}: reward(s) {', '.join(missing)} not registered yet: skipped"
         elif bb not in backbones.available():
-            notes.append(f"task {t}: backbone {bb} not registered yet: skipped")
+            note = f"task {t}: backbone {bb} not registered yet: skipped"
         else:
-            usable_tasks.append(t)
+            usable.append((t, m, bb))
+            continue
+        if note not in notes:
+            notes.append(note)
     dev = device or preset.device or _default_device()
     b = budget or preset.budget
     eval_every = min(preset.eval_every, b)
     fingerprints: dict[tuple[str, ...], str | None] = {}
-    for t in usable_tasks:
+    for t, m, bb in usable:
         kw = tasks_mod.get(t).cell_kwargs()
-        kw["backbone"] = backbone or preset.backbone or kw["backbone"]
+        kw["backbone"] = bb
         if preset.eval_prompts_limit:
             kw["eval_prompts"] = kw["eval_prompts"][: preset.eval_prompts_limit]
-        for m in method_names:
-            config_fields = {f.name for f in dataclasses.fields(getattr(methods_pkg.get(m), "Config", object))} \
-                if dataclasses.is_dataclass(getattr(methods_pkg.get(m), "Config", None)) else set()
-            settings: dict[str, Any] = {}
-            if protocol == "shared":
-                settings.update({k: v for k, v in preset.protocol.items() if k in config_fields})
-                settings.update(preset.method_overrides.get(m, {}))
-            settings.update(method_settings or {})
-            settings = check_settings(m, settings, protocol)
-            for seed in (seeds if seeds is not None else preset.seeds):
-                key = (kw["backbone"], *weights_rewards(kw))
-                if key not in fingerprints:
-                    fingerprints[key] = weights_version(key[0], key[1:])
-                specs.append(CellSpec(weights_version=fingerprints[key],
-                    method=m, seed=seed, budget=b, batch_size=preset.batch_size, eval_every=eval_every,
-                    eval_images_per_prompt=preset.eval_images_per_prompt,
-                    eval_num_steps=(method_settings or {}).get("num_steps", preset.protocol.get("num_steps")),
-                    eval_guidance_scale=(method_settings or {}).get("guidance_scale",
-                                                                    preset.protocol.get("guidance_scale")),
-                    method_kwargs=settings,
-                    protocol=protocol, device=dev, dtype=preset.dtype, lora_rank=preset.lora_rank,
-                    suite=suite or preset.name, results_dir=results_dir, save_images=preset.save_images, **kw))
+        if preset.reward_kwargs:
+            kw["reward_kwargs"] = _with_reward_kwargs(kw["reward"], kw["reward_kwargs"], preset.reward_kwargs)
+            kw["eval_rewards"] = {n: _with_reward_kwargs(n, v, preset.reward_kwargs)
+                                  for n, v in kw["eval_rewards"].items()}
+        config_fields = {f.name for f in dataclasses.fields(getattr(methods_pkg.get(m), "Config", object))} \
+            if dataclasses.is_dataclass(getattr(methods_pkg.get(m), "Config", None)) else set()
+        settings: dict[str, Any] = {}
+        if protocol == "shared":
+            settings.update({k: v for k, v in preset.protocol.items() if k in config_fields})
+            settings.update(preset.method_overrides.get(m, {}))
+        settings.update(method_settings or {})
+        settings = check_settings(m, settings, protocol)
+        for seed in (seeds if seeds is not None else preset.seeds):
+            key = (kw["backbone"], *weights_rewards(kw))
+            if key not in fingerprints:
+                fingerprints[key] = weights_version(key[0], key[1:])
+            specs.append(CellSpec(weights_version=fingerprints[key],
+                method=m, seed=seed, budget=b, batch_size=preset.batch_size, eval_every=eval_every,
+                eval_images_per_prompt=preset.eval_images_per_prompt,
+                eval_num_steps=(method_settings or {}).get("num_steps", preset.protocol.get("num_steps")),
+                eval_guidance_scale=(method_settings or {}).get("guidance_scale",
+                                                                preset.protocol.get("guidance_scale")),
+                method_kwargs=settings, resolution=preset.resolution,
+                protocol=protocol, device=dev, dtype=preset.dtype, lora_rank=preset.lora_rank,
+                suite=suite or preset.name, results_dir=results_dir, save_images=preset.save_images, **kw))
     return specs, notes
+
+
+def _with_reward_kwargs(reward: str, kwargs: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """A preset's reward arguments (e.g. ``weights="random"``) added where the reward takes them."""
+    import rewards
+
+    from bench.args import factory_hints
+
+    accepted = factory_hints(rewards.base.get(reward))
+    return {**kwargs, **{k: v for k, v in extra.items() if k in accepted}}
 
 
 def apply_eval_size(specs: list, prompts: int | None, images: int | None) -> list:
