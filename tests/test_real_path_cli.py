@@ -245,3 +245,30 @@ def test_sd21_random_builds_at_its_real_size():
     assert 860e6 < sum(p.numel() for p in bb.unet.parameters()) < 875e6
     assert bb.image_size == 768 and bb.scheduler.config.prediction_type == "v_prediction"
     assert bb.encode_prompts(["a cat"]).embeds.shape == (1, 77, 1024)
+
+
+@pytest.mark.slow
+def test_sd15_architecture_lora_loads_into_a_vanilla_pipeline_with_the_same_unet_output(tmp_path):
+    """SD-1.5's architecture (random weights): a LoRA saved by the project, loaded by diffusers'
+    StableDiffusionPipeline.load_lora_weights, changes the UNet output exactly as the project's own LoRA does."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from bench import backbones
+    from bench.cli import main
+    from foundation_testkit import randomize_lora
+
+    assert main(["export-backbone", "sd15-random", str(tmp_path / "pipe")]) == 0
+    ours = backbones.create("sd15", path=str(tmp_path / "pipe"), lora_rank=4)
+    randomize_lora(ours, seed=1)
+    ours.save_lora(tmp_path / "lora")
+    pipe = StableDiffusionPipeline.from_pretrained(str(tmp_path / "pipe"), safety_checker=None,
+                                                   requires_safety_checker=False)
+    pipe.load_lora_weights(str(tmp_path / "lora"))
+    x = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([400])
+    with torch.no_grad():
+        emb = ours.encode_prompts(["a cat"]).embeds
+        a = ours.unet(x, t, encoder_hidden_states=emb).sample
+        b = pipe.unet(x, t, encoder_hidden_states=emb).sample
+    assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
