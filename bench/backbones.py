@@ -145,10 +145,12 @@ class DiffusersBackbone(nn.Module):
 
     def predict_noise(self, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning,
                       guidance_scale: float) -> torch.Tensor:
-        """UNet output with classifier-free guidance (applied when ``guidance_scale > 1``, as diffusers does)."""
+        """UNet output with classifier-free guidance (applied when ``guidance_scale > 1``, as diffusers does).
+        ``timestep``: one for the batch, or one per row ([B])."""
         x = latents.to(self.dtype)
         if guidance_scale > 1.0:
-            out = self.unet(torch.cat([x, x]), timestep, encoder_hidden_states=torch.cat([cond.uncond, cond.embeds])).sample
+            t = torch.cat([timestep, timestep]) if timestep.ndim == 1 and len(timestep) > 1 else timestep
+            out = self.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([cond.uncond, cond.embeds])).sample
             uncond, text = out.float().chunk(2)
             return uncond + guidance_scale * (text - uncond)
         return self.unet(x, timestep, encoder_hidden_states=cond.embeds).sample.float()

@@ -108,19 +108,16 @@ class DDPO(Method):
     # ---------------------------------------------------------------------------------------- stored transitions
     def transition_log_probs(self, trajectory: torch.Tensor, cond, rows: torch.Tensor, indices: torch.Tensor,
                              grad: bool = True) -> torch.Tensor:
-        """log p_θ(x_{i+1} | x_i) for each row r at its own step ``indices[r]`` under the current model.
+        """log p_θ(x_{i+1} | x_i) for each row r at its own step ``indices[r]`` under the current model: one guided
+        denoiser call for all rows, with a per-row timestep vector (as trl's DDPO trainer; grouping rows by step
+        took one call per distinct step).
 
-        ``trajectory`` is [B, T+1, ...] (x_T first). Rows are grouped by step (one denoiser call per distinct step),
-        because the backbone's guided call takes one timestep per batch."""
-        out = torch.empty(len(rows), device=trajectory.device)
-        for index in torch.unique(indices).tolist():
-            where = torch.nonzero(indices == index).flatten()
-            r = rows[where]
-            out_rows = transition_log_prob(self.backbone, self.schedule, index, trajectory[r, index],
-                                           trajectory[r, index + 1], cond.index(r.to(trajectory.device)),
-                                           self.config.guidance_scale, self.config.eta, GRAD if grad else NO_GRAD)
-            out = out.index_put((where.to(out.device),), out_rows)  # out of place: keeps each group's graph
-        return out
+        ``trajectory`` is [B, T+1, ...] (x_T first)."""
+        dev = trajectory.device
+        r, i = rows.to(dev), indices.to(dev)
+        return transition_log_prob(self.backbone, self.schedule, i, trajectory[r, i], trajectory[r, i + 1],
+                                   cond.index(r), self.config.guidance_scale, self.config.eta,
+                                   GRAD if grad else NO_GRAD)
 
     def collect(self, prompts: list[str]):
         """Sample and score: the trajectories, their log-probs under the sampling model, and the rewards."""

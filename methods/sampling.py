@@ -131,9 +131,17 @@ class Schedule:
         a = self.alpha[index]
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
-    def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor, index: int):
-        """Model output -> (x0_hat, eps_hat) for the configured prediction type."""
-        a = self.alpha[index]
+    @staticmethod
+    def _at(values: torch.Tensor, index, like: torch.Tensor) -> torch.Tensor:
+        """``values[index]``: a scalar for one step, or per row ([B, 1, 1, 1]) when ``index`` is a tensor of B step
+        indices (DDPO trains rows at different steps in one denoiser call)."""
+        if isinstance(index, torch.Tensor) and index.ndim > 0:
+            return values[index.to(values.device)].view(-1, *[1] * (like.ndim - 1))
+        return values[index]
+
+    def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor, index):
+        """Model output -> (x0_hat, eps_hat) for the configured prediction type. ``index``: one step, or one per row."""
+        a = self._at(self.alpha, index, x_t)
         if self.prediction_type == "epsilon":
             eps = model_output
             x0 = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
@@ -147,11 +155,11 @@ class Schedule:
             x0 = x0.clamp(-self.clip_sample_range, self.clip_sample_range)
         return x0, eps
 
-    def step(self, model_output: torch.Tensor, index: int, x_t: torch.Tensor, eta: float,
+    def step(self, model_output: torch.Tensor, index, x_t: torch.Tensor, eta: float,
              noise: torch.Tensor | None) -> StepOutput:
         x0, eps = self.split_output(model_output, x_t, index)
-        a, a_prev = self.alpha[index], self.alpha_prev[index]
-        sigma = self.sigma(eta)[index]
+        a, a_prev = self._at(self.alpha, index, x_t), self._at(self.alpha_prev, index, x_t)
+        sigma = self._at(self.sigma(eta), index, x_t)
         if self.kind == "ddim":
             mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
         else:  # DDPM posterior mean, Ho et al. eq. 7 (between two possibly-skipped timesteps)
@@ -160,8 +168,8 @@ class Schedule:
             coef_xt = alpha_step.sqrt() * (1 - a_prev) / (1 - a)
             mean = coef_x0 * x0 + coef_xt * x_t
         prev = mean if noise is None else mean + sigma * noise
-        return StepOutput(prev_sample=prev, mean=mean, std=sigma.expand(x_t.shape[0]).view(-1, *[1] * (x_t.ndim - 1)),
-                          pred_x0=x0, eps=eps)
+        std = sigma.reshape(-1).expand(x_t.shape[0]).reshape(-1, *[1] * (x_t.ndim - 1))
+        return StepOutput(prev_sample=prev, mean=mean, std=std, pred_x0=x0, eps=eps)
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -197,11 +205,16 @@ def predict(backbone: Backbone, x_t: torch.Tensor, timestep: torch.Tensor, cond:
     return backbone.predict_noise(unet_input, timestep, cond, guidance_scale)
 
 
-def denoise_step(backbone: Backbone, schedule: Schedule, index: int, x_t: torch.Tensor, cond: Any,
+def denoise_step(backbone: Backbone, schedule: Schedule, index, x_t: torch.Tensor, cond: Any,
                  guidance_scale: float, eta: float, step_plan: StepPlan,
                  noise: torch.Tensor | None = None) -> StepOutput:
-    """Step ``index`` of the chain: predict, then the DDIM/DDPM update. ``noise`` is the variance noise (eta > 0)."""
-    out = predict(backbone, x_t, schedule.timesteps[index], cond, guidance_scale, step_plan)
+    """Step ``index`` of the chain: predict, then the DDIM/DDPM update. ``noise`` is the variance noise (eta > 0).
+    ``index`` may be a tensor of one step per row: one denoiser call with a per-row timestep vector."""
+    if isinstance(index, torch.Tensor) and index.ndim > 0:
+        timestep = schedule.timesteps[index.to(schedule.timesteps.device)]
+    else:
+        timestep = schedule.timesteps[index]
+    out = predict(backbone, x_t, timestep, cond, guidance_scale, step_plan)
     return schedule.step(out.to(x_t.dtype), index, x_t, eta, noise)
 
 
@@ -261,7 +274,7 @@ def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int
     )
 
 
-def transition_log_prob(backbone: Backbone, schedule: Schedule, index: int, x_t: torch.Tensor,
+def transition_log_prob(backbone: Backbone, schedule: Schedule, index, x_t: torch.Tensor,
                         x_prev: torch.Tensor, cond: Any, guidance_scale: float, eta: float,
                         step_plan: StepPlan = GRAD) -> torch.Tensor:
     """log p_theta(x_prev | x_t) of a stored transition under the *current* model (DDPO's ratio numerator)."""

@@ -140,3 +140,19 @@ def test_inner_epochs_and_minibatches_take_several_optimizer_steps_and_count_sam
     assert out["optimizer_steps"] == 4  # 2 epochs × ceil(3 / 2)
     assert out["ppo_terms"] == 4 * 2     # each minibatch: ⌊0.5 · 4⌋ trained positions
     assert out["samples"] == 3 and out["reward_queries"] == 3 == reward.queries
+
+
+def test_rows_at_different_steps_take_one_guided_denoiser_call():
+    """The PPO loop scores each minibatch's rows at their own steps with one UNet call (a per-row timestep vector),
+    not one call per distinct step."""
+    backbone = tiny_backbone()
+    m = methods.create("ddpo", backbone, CountingReward(), num_steps=5, guidance_scale=5.0, eta=1.0)
+    cond, traj, old, _ = m.collect(PROMPTS)
+    calls = []
+    handle = backbone.unet.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    try:
+        new = m.transition_log_probs(traj, cond, torch.arange(3), torch.tensor([4, 0, 2]))
+    finally:
+        handle.remove()
+    assert calls == [6]  # one call: 3 rows x (uncond, cond)
+    assert (new.detach() - old[torch.arange(3), torch.tensor([4, 0, 2])]).abs().max() < 1e-6
