@@ -306,6 +306,8 @@ def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
         status = "oom" if oom else "error"
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         message = f"{type(err).__name__}: {first}"
+        if oom:
+            message += f" (peak reached: {_peak_mb(spec.device):.0f} MB)"
         append_rows(out / "cells.csv", [failure_row(spec, status, message, time.perf_counter() - start)],
                     key=["cell_id"])
         events.put(("done", spec.cell_id, status, None))
@@ -315,6 +317,17 @@ def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
         events.close()
         events.join_thread()  # flush the queue's feeder thread before os._exit
     os._exit(0)
+
+
+def _peak_mb(device: str) -> float:
+    """The peak this process reached: CUDA max allocated on a GPU, else the peak resident set size."""
+    import resource
+
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(torch.device(device)) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def warm_imports() -> float:

@@ -32,11 +32,20 @@ class RaisingReward(Reward):
         raise RuntimeError("this reward always fails (test)")
 
 
+class OOMReward(Reward):
+    name = "test-oom"
+    differentiable = True
+
+    def score(self, images, prompts):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (test)")
+
+
+register("test-oom", "test: runs out of memory")(lambda **kw: OOMReward())
 register("test-nan", "test: returns NaN")(lambda **kw: NaNReward())
 register("test-raise", "test: raises")(lambda **kw: RaisingReward())
 
 for name, reward in [("test-tiny", "jpeg-compressibility-surrogate"), ("test-nan", "test-nan"),
-                     ("test-raise", "test-raise")]:
+                     ("test-raise", "test-raise"), ("test-oom", "test-oom")]:
     tasks.register(tasks.Task(name=name, reward=reward, train_prompts=str(_DIR / "train.txt"),
                               eval_prompts=str(_DIR / "eval.txt"), backbone="tiny", suite="test",
                               description=f"test task ({reward})"))

@@ -108,11 +108,13 @@ def test_sigint_leaves_files_consistent_and_resumable(tmp_path):
 
 
 def test_nan_and_raising_cells_are_recorded_and_the_grid_goes_on(tmp_path):
-    result = run(grid_cmd(tmp_path, "draft-1", "test-nan,test-raise,test-tiny"))
+    result = run(grid_cmd(tmp_path, "draft-1", "test-nan,test-raise,test-oom,test-tiny"))
     assert result.returncode == 1  # not every cell is ok
     cells, _ = assert_consistent(tmp_path / "ci")
     status = dict(zip(cells["task"], cells["status"]))
-    assert status == {"test-nan": "nan", "test-raise": "error", "test-tiny": "ok"}
+    assert status == {"test-nan": "nan", "test-raise": "error", "test-oom": "oom", "test-tiny": "ok"}
+    oom = cells[cells["task"] == "test-oom"].iloc[0]["message"]
+    assert oom.startswith("OutOfMemoryError: CUDA out of memory") and "(peak reached: " in oom
     nan_row = cells[cells["task"] == "test-nan"].iloc[0]
     assert nan_row["samples"] == 2 and "non-finite loss at optimiser step 1" in nan_row["message"]
     err = cells[cells["task"] == "test-raise"].iloc[0]["message"]
@@ -120,8 +122,8 @@ def test_nan_and_raising_cells_are_recorded_and_the_grid_goes_on(tmp_path):
     log = next((tmp_path / "ci" / "cells").glob("*test-raise*")) / "log.txt"
     assert "Traceback" in log.read_text()  # the traceback goes to the cell's log, not the table
     # resume: the nan cell is finished (not rerun); the error cell is tried again
-    again = run(grid_cmd(tmp_path, "draft-1", "test-nan,test-raise,test-tiny"))
-    assert "2 of 3 cells already finished" in again.stderr
+    again = run(grid_cmd(tmp_path, "draft-1", "test-nan,test-raise,test-oom,test-tiny"))
+    assert "2 of 4 cells already finished" in again.stderr
 
 
 @pytest.mark.parametrize("argv, text", [
