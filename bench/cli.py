@@ -164,6 +164,7 @@ def _backbones_used(args, grid: bool) -> set[str]:
         if preset.cells:
             return {bb for _, t, bb in preset.cells if t in names}
         names = names if args.task else preset.tasks
+    out = set()
     for n in names:
         task = tasks.get(n) if n in tasks.available() else None
         p = preset or (presets.get("quick" if task and task.suite == "testbed" else "sd15"))
