@@ -5,6 +5,7 @@ Bad input (unknown names, invalid numbers, missing weights) prints one line and 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib
 import os
 import re
@@ -109,7 +110,7 @@ def precheck_run(args) -> None:
     if args.task:
         known = tasks.available()
         for part in [p.strip() for p in args.task.split(",")] if grid else [args.task]:
-            if not plugins and not any(__import__("fnmatch").fnmatch(n, part) for n in known):
+            if not plugins and not any(fnmatch.fnmatch(n, part) for n in known):
                 raise UsageError(f"unknown task {part!r}; valid: {', '.join(known)}")
     if args.reward and not plugins:
         catalog.check("reward", args.reward)
@@ -148,8 +149,6 @@ def precheck_run(args) -> None:
 
 def _backbones_used(args, grid: bool) -> set[str]:
     """The backbones a run command will load (as the grid's plan and the single cell choose them)."""
-    import fnmatch
-
     from bench import presets, tasks
 
     if args.backbone:
@@ -174,8 +173,6 @@ def _backbones_used(args, grid: bool) -> set[str]:
 
 def _rewards_used(args, grid: bool) -> list[tuple[str, dict]]:
     """(reward, its arguments) for every reward a run command trains on or evaluates with."""
-    import fnmatch
-
     from bench import presets, tasks
 
     if args.reward:
