@@ -80,6 +80,9 @@ class CellSpec:
     #: reward whose image tower embeds evaluation images for the diversity metric (default: the first eval reward
     #: that has one, else pixels); does not change training, so it is not part of the cell's identity
     diversity_reward: str | None = None
+    #: count the FLOPs of the first training step (torch.utils.flop_counter; that step is then left out of the
+    #: throughput): reports flops_per_sample and, on a GPU of known peak, the achieved fraction of it (MFU)
+    count_flops: bool = False
     #: fingerprint of local weights (e.g. the testbed's manifest): part of the identity, so retrained weights
     #: make new cells instead of resuming old ones
     weights_version: str | None = None
@@ -103,7 +106,7 @@ class CellSpec:
     def cell_id(self) -> str:
         """Deterministic identity: readable parts plus a hash of everything that changes the result."""
         keyed = {k: v for k, v in dataclasses.asdict(self).items()
-                 if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward")
+                 if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward", "count_flops")
                  and not (k in OPTIONAL_IDENTITY and v is None)}
         digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.backbone}__{self.task or self.reward}__{self.method}__s{self.seed}__{digest}"
@@ -148,6 +151,20 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu:{platform.processor() or platform.machine()}x{torch.get_num_threads()}"
+
+
+#: dense bf16/fp16 tensor-core peak FLOP/s by GPU name (the vendors' spec sheets, without sparsity)
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "L4": 121e12,
+                   "4090": 165e12}
+
+
+def peak_flops(device: torch.device, dtype: str) -> float | None:
+    """The device's peak FLOP/s for the cell's dtype, where known (CUDA bf16/fp16 only; fp32 without TF32 is ~15x
+    lower and not listed): the denominator of MFU."""
+    if device.type != "cuda" or dtype not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -247,6 +264,9 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
     """Train and evaluate one cell. Returns (row, curve points). Never raises for a NaN: the row says ``nan``."""
     torch.manual_seed(spec.seed)
     start = time.perf_counter()
+    if spec.device.startswith("cuda"):  # TF32 for the fp32 matmuls (LoRA, the sampler's arithmetic); SDPA attention
+        torch.backends.cuda.matmul.allow_tf32 = True  # is diffusers' default processor
+        torch.backends.cudnn.allow_tf32 = True
     backbone, train_reward, eval_rewards, method, note = build(spec)
     cfg = method.config
     evaluator = Evaluator(backbone, eval_rewards, spec.eval_prompts, num_steps=spec.eval_num_steps or cfg.num_steps,
@@ -278,18 +298,28 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
     status, message = "ok", note or ""
     next_eval = spec.eval_every
     totals: dict[str, float] = {}
+    flops_per_sample, counted_samples = math.nan, 0
     n_steps = 0          # step() calls (one batch each)
     optimizer_steps = 0  # optimiser updates: DDPO takes several per batch (its metrics say how many)
     last_metrics: dict[str, Any] = {}
     while method.total_samples < spec.budget:
         idx = torch.randint(len(spec.train_prompts), (spec.batch_size,), generator=rng).tolist()
         t0 = time.perf_counter()
-        last_metrics = method.step([spec.train_prompts[i] for i in idx])
-        train_time += time.perf_counter() - t0
+        counted = spec.count_flops and n_steps == 0
+        if counted:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with FlopCounterMode(display=False) as counter:
+                last_metrics = method.step([spec.train_prompts[i] for i in idx])
+            flops_per_sample = counter.get_total_flops() / max(1, int(last_metrics["samples"]))
+            counted_samples = int(last_metrics["samples"])
+        else:
+            last_metrics = method.step([spec.train_prompts[i] for i in idx])
+            train_time += time.perf_counter() - t0
         n_steps += 1
         optimizer_steps += int(last_metrics.get("optimizer_steps", 1))
         for k, v in last_metrics.items():
-            if k.startswith("time_"):
+            if k.startswith("time_") and not counted:
                 totals[k] = totals.get(k, 0.0) + v
         if not math.isfinite(float(last_metrics.get("loss", 0.0))):
             status, message = "nan", f"non-finite loss at optimiser step {n_steps}"
@@ -320,6 +350,9 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
     embedding_name, embed = metrics.image_embedder(div_reward)
     diversity = {k: metrics.pairwise_diversity(embed(v.to(backbone.device)), evaluator.prompts)
                  for k, v in eval_images.items()}
+    timed = method.total_samples - counted_samples  # the FLOP-counted step is not timed
+    timed_steps = max(n_steps - (1 if counted_samples else 0), 1)
+    samples_per_s = timed / train_time if train_time > 0 and timed > 0 else math.nan
     row = {
         "cell_id": spec.cell_id, "suite": spec.suite, "backbone": spec.backbone, "method": spec.method,
         "task": spec.task or spec.reward, "train_reward": method.reward.name, "eval_reward": headline,
@@ -337,10 +370,12 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "diversity_embedding": embedding_name,
         "reward_auc": area_under_curve(samples, [p[f"{headline}_mean"] for p in curve]),
         "peak_mem_mb": round(peak_memory_mb(backbone.device), 1),
-        "samples_per_s": method.total_samples / train_time if train_time > 0 else math.nan,
-        "s_per_step_sampling": totals.get("time_sampling", 0.0) / max(n_steps, 1),
-        "s_per_step_reward": totals.get("time_reward", 0.0) / max(n_steps, 1),
-        "s_per_step_backward": totals.get("time_backward", 0.0) / max(n_steps, 1),
+        "samples_per_s": samples_per_s,
+        "flops_per_sample": flops_per_sample,
+        "mfu": flops_per_sample * samples_per_s / peak if (peak := peak_flops(backbone.device, spec.dtype)) else math.nan,
+        "s_per_step_sampling": totals.get("time_sampling", 0.0) / timed_steps,
+        "s_per_step_reward": totals.get("time_reward", 0.0) / timed_steps,
+        "s_per_step_backward": totals.get("time_backward", 0.0) / timed_steps,
         "train_wall_s": round(train_time, 2), "wall_s": round(time.perf_counter() - start, 2),
         "device": device_name(backbone.device), "dtype": spec.dtype,
         "weights_version": spec.weights_version, "versions": library_versions(),

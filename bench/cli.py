@@ -61,6 +61,8 @@ def add_run_parser(sub) -> None:
     p.add_argument("--dtype", default=None, help="fp32, bf16, fp16")
     p.add_argument("--resolution", type=int, default=None, help="image size (height = width) for Stable Diffusion "
                    "backbones, a multiple of 64 (default: the model's own, 512 for SD 1.5)")
+    p.add_argument("--count-flops", action="store_true", help="count the FLOPs of each cell's first step "
+                   "(torch.utils.flop_counter); reports flops_per_sample and MFU on a GPU of known peak")
     p.add_argument("--suite", default=None, help="write to RESULTS_DIR/SUITE/ (default: the preset's name; 'single' "
                    "for a --reward cell)")
     p.add_argument("--results-dir", default="runs", help="where runs are written (default: runs/, untracked; the "
@@ -241,6 +243,8 @@ def cmd_run(args) -> int:
     for key in ("batch_size", "eval_every", "dtype", "backbone_path", "resolution"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
+    if args.count_flops:
+        changes["count_flops"] = True
     specs = [dataclasses.replace(s, **changes, **({"reward_kwargs": {**s.reward_kwargs, **reward_kwargs}}
                                                  if reward_kwargs else {})) for s in specs]
     specs = grid.apply_eval_size(specs, args.eval_prompts, args.eval_images)

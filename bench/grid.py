@@ -130,7 +130,8 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
                                                                 preset.protocol.get("guidance_scale")),
                 method_kwargs=settings, resolution=preset.resolution,
                 protocol=protocol, device=dev, dtype=preset.dtype, lora_rank=preset.lora_rank,
-                suite=suite or preset.name, results_dir=results_dir, save_images=preset.save_images, **kw))
+                suite=suite or preset.name, results_dir=results_dir, save_images=preset.save_images,
+                count_flops=preset.count_flops, **kw))
     return specs, notes
 
 
@@ -515,6 +516,8 @@ def run_from_args(args) -> int:
         if getattr(args, key, None) is not None:
             specs = [dataclasses.replace(s, **{key: getattr(args, key)}) for s in specs]
     specs = apply_eval_size(specs, getattr(args, "eval_prompts", None), getattr(args, "eval_images", None))
+    if getattr(args, "count_flops", False):
+        specs = [dataclasses.replace(s, count_flops=True) for s in specs]
     specs = shard(specs, i, n)
     if args.limit is not None:
         specs = specs[: args.limit]

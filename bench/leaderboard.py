@@ -144,7 +144,9 @@ def task_summary(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
                  "diversity_final": float(g["diversity_final"].mean()) if "diversity_final" in g else math.nan,
                  "peak_mem_mb": float(g["peak_mem_mb"].mean()), "samples_per_s": float(g["samples_per_s"].mean()),
                  "s_sampling": float(g["s_per_step_sampling"].mean()), "s_reward": float(g["s_per_step_reward"].mean()),
-                 "s_backward": float(g["s_per_step_backward"].mean())}
+                 "s_backward": float(g["s_per_step_backward"].mean()),
+                 "flops_per_sample": float(g["flops_per_sample"].mean()) if "flops_per_sample" in g else math.nan,
+                 "mfu": float(g["mfu"].mean()) if "mfu" in g else math.nan}
         for c in extras:
             m, h = metrics.mean_ci95(g[c].tolist())
             entry[c] = m
@@ -205,9 +207,11 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
         if not summary.empty:
             extras = [c for c in summary.columns if c.endswith("_final") and not c.endswith("_ci95")
                       and c != "diversity_final"]
+            flops = bool(summary["flops_per_sample"].notna().any())
             head = ["#", "method", "final", "initial", "AUC", "samples→thr"] + \
                    [c[: -len("_final")] for c in extras] + \
-                   ["diversity", "seeds", "samples", "queries", "peak MB", "samples/s", "s/step sample·reward·backward"]
+                   ["diversity", "seeds", "samples", "queries", "peak MB", "samples/s", "s/step sample·reward·backward"] \
+                   + (["TFLOP/sample", "MFU"] if flops else [])
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             sizes = summary["group"].value_counts()
             for i, r in summary.iterrows():
@@ -219,6 +223,9 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
                 cols += [_fmt(r["diversity_final"], 3), str(r["seeds"]), str(r["budget"]), _fmt(r["reward_queries"]),
                          _fmt(r["peak_mem_mb"], 5), _fmt(r["samples_per_s"], 3),
                          f"{_fmt(r['s_sampling'], 2)}·{_fmt(r['s_reward'], 2)}·{_fmt(r['s_backward'], 2)}"]
+                if flops:
+                    cols += [_fmt(r["flops_per_sample"] / 1e12, 3),
+                             f"{r['mfu']:.1%}" if math.isfinite(r["mfu"]) else "–"]
                 lines.append("| " + " | ".join(cols) + " |")
         failed = tc[tc["status"] != "ok"]
         if not failed.empty:

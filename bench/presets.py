@@ -48,6 +48,7 @@ class Preset:
     #: arguments given to every reward that takes them (e.g. ``weights="random"``)
     reward_kwargs: dict[str, Any] = field(default_factory=dict)
     resolution: int | None = None        # image size for latent backbones (None: the model's own)
+    count_flops: bool = False            # FLOPs of each cell's first step, and MFU on a GPU of known peak
 
 
 TESTBED_PROTOCOL = dict(sampler="ddim", num_steps=10, guidance_scale=3.0, eta=0.0)
@@ -98,7 +99,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("systems", "peak memory and samples/s of every method on SD-1.5's architecture, random weights, 512 px (GPU)",
            ALL_METHODS, ["compressibility"], backbone="sd15-random", seeds=[0], budget=8, batch_size=2, eval_every=8,
            eval_images_per_prompt=1, eval_prompts_limit=1, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA,
-           device="cuda", dtype="bf16", save_images=False, expected_time="GPU: a few minutes per method"),
+           device="cuda", dtype="bf16", save_images=False, count_flops=True,
+           expected_time="GPU: a few minutes per method"),
 ]}
 
 

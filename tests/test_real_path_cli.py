@@ -272,3 +272,21 @@ def test_sd15_architecture_lora_loads_into_a_vanilla_pipeline_with_the_same_unet
         a = ours.unet(x, t, encoder_hidden_states=emb).sample
         b = pipe.unet(x, t, encoder_hidden_states=emb).sample
     assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+def test_flops_per_sample_are_counted_once_and_scale_with_the_steps_that_carry_gradient(tmp_path):
+    import pandas as pd
+
+    from bench.cli import main
+
+    def flops(method, *extra):
+        out = tmp_path / method
+        assert main(["run", "--method", method, "--reward", "jpeg-compressibility", "--backbone", "tiny",
+                     "--budget", "4", "--batch-size", "2", "--num-steps", "4", "--eval-prompts", "1",
+                     "--eval-images", "1", "--count-flops", *extra, "--results-dir", str(out)]) == 0
+        row = pd.read_csv(out / "single" / "cells.csv").iloc[0]
+        assert row["samples_per_s"] > 0 and pd.isna(row["mfu"])  # CPU: no known peak
+        return row["flops_per_sample"]
+
+    one, three = flops("draft-1"), flops("draft-k", "--set", "truncation_steps=3")
+    assert 0 < one < three  # backward through 3 UNet calls costs more than through 1
