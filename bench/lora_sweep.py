@@ -52,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mix-scales", default="0,0.5,1")
     parser.add_argument("--num-steps", type=int, default=None, help="default: the grid's protocol")
     parser.add_argument("--guidance-scale", type=float, default=None)
-    parser.add_argument("--images-per-prompt", type=int, default=2)
+    parser.add_argument("--images-per-prompt", type=int, default=None,
+                        help="default: the grid's (run_info.json), so α = 1 reproduces the leaderboard's final reward")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="runs/lora-sweep", help="output directory (default runs/lora-sweep)")
     args = parser.parse_args(argv)
@@ -66,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     num_steps = args.num_steps or protocol.get("num_steps", 20)
     guidance = args.guidance_scale if args.guidance_scale is not None else protocol.get("guidance_scale", 5.0)
     scales, mix = _floats(args.scales), _floats(args.mix_scales)
+    args.images_per_prompt = args.images_per_prompt or int(info.get("eval_images_per_prompt") or 2)
 
     import torch
 
