@@ -32,7 +32,8 @@ from typing import Any, Sequence
 
 from bench import presets as presets_mod
 from bench import tasks as tasks_mod
-from bench.args import UsageError, check_typed, config_hints, parse_settings, parse_shard
+from bench.args import (UsageError, check_typed, config_hints, factory_hints, parse_seeds, parse_settings,
+                        parse_shard)
 from bench.results import append_rows, read_csv, write_atomic
 
 FINISHED = ("ok", "nan")
@@ -138,8 +139,6 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
 def _with_reward_kwargs(reward: str, kwargs: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     """A preset's reward arguments (e.g. ``weights="random"``) added where the reward takes them."""
     import rewards
-
-    from bench.args import factory_hints
 
     accepted = factory_hints(rewards.base.get(reward))
     return {**kwargs, **{k: v for k, v in extra.items() if k in accepted}}
@@ -484,8 +483,6 @@ def machine() -> str:
 
 def run_from_args(args) -> int:
     """``python -m bench run --grid [--preset P] [--methods ..] [--tasks ..] [--seeds ..] [--budget N] ...``."""
-    from bench.args import parse_seeds
-
     try:
         preset = presets_mod.get(args.preset or "quick")
         plugins = [p for p in (getattr(args, "plugins", None) or "").split(",") if p]
