@@ -101,6 +101,9 @@ class CellSpec:
             factory.check_batch(self.batch_size)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+        if self.device.startswith("cuda") and self.dtype == "bf16" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"dtype bf16 is not supported by {torch.cuda.get_device_name(self.device)} "
+                             f"(compute capability < 8.0): use --dtype fp16 or fp32")
 
     @property
     def cell_id(self) -> str:

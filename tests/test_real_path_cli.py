@@ -290,3 +290,16 @@ def test_flops_per_sample_are_counted_once_and_scale_with_the_steps_that_carry_g
 
     one, three = flops("draft-1"), flops("draft-k", "--set", "truncation_steps=3")
     assert 0 < one < three  # backward through 3 UNet calls costs more than through 1
+
+
+def test_a_dtype_the_device_cannot_run_is_refused_before_loading(monkeypatch):
+    import torch
+
+    from bench.cell import CellSpec
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    with pytest.raises(ValueError, match="bf16 is not supported by Tesla V100"):
+        CellSpec(device="cuda", dtype="bf16").validate()
+    CellSpec(device="cuda", dtype="fp16").validate()
