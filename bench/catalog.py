@@ -33,10 +33,10 @@ def check_resolution(backbone: str, resolution: int | None) -> None:
     if rule > 0 and (resolution < rule or resolution % rule):
         raise UsageError(f"--resolution {resolution}: {backbone} needs a positive multiple of {rule} "
                          f"(VAE factor × the UNet's downsampling)")
+
+
 #: backbones whose weights come from the hub (or --backbone-path DIR, or the variable BENCH_<NAME>_PATH)
 HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1"}
-
-
 #: the first hub file each real reward loads (repo, file, the argument that takes a local path instead); a test checks
 #: these equal the reward modules' constants. ``{hps_file}`` is HPS_FILES[version] (the reward's ``version`` argument).
 HPS_FILES = {"2.0": "HPS_v2_compressed.pt", "2.1": "HPS_v2.1_compressed.pt"}
