@@ -231,6 +231,17 @@ class DiffusersBackbone(nn.Module):
                                        feature_extractor=None, requires_safety_checker=False)
 
 
+def write_slow_tokenizer_files(directory: str | os.PathLike) -> None:
+    """Add ``vocab.json`` and ``merges.txt`` (the official SD checkpoints' tokenizer layout) beside the
+    ``tokenizer.json`` that transformers 5 saves: transformers 4.x's ``CLIPTokenizer`` (what diffusers pipelines and
+    trl load with it) reads only those two files."""
+    d = Path(directory)
+    model = json.loads((d / "tokenizer.json").read_text())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (d / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
+
+
 # ----------------------------------------------------------------------------------------------------- builders
 def _ddim(config: dict) -> Any:
     from diffusers import DDIMScheduler

@@ -439,6 +439,8 @@ def cmd_export(args) -> int:
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     bb.pipeline().save_pretrained(str(tmp), safe_serialization=True)
+    if (tmp / "tokenizer" / "tokenizer.json").exists():
+        backbones.write_slow_tokenizer_files(tmp / "tokenizer")
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -5,7 +5,7 @@ Algorithm (per optimiser step, a batch of prompts c):
     x_T ~ N(0, I)
     for i = 0 … T−1:  x_{i+1} = DDIM_step(ε_θ(x_i, t_i, c), x_i)
         i <  cutoff: the UNet runs under no_grad (its output a constant; the chain's linear update is kept)
-        i >= cutoff: the UNet runs with gradient, each call checkpointed (memory O(1) in K)
+        i >= cutoff: the UNet runs with gradient, checkpointed where memory requires (see Checkpointing)
     loss = −r(decode(x_0), c);  θ ← AdamW(∇θ loss)
 
 Truncation (the implementations disagree; REFERENCE.md):
@@ -17,6 +17,12 @@ Truncation (the implementations disagree; REFERENCE.md):
         chain (gradient flows through their linear update into earlier gradient steps).
     fixed_grad_steps=K (> 0): always the last K steps (K = 1: the paper's fast "AlignProp K=1" mode).
 The paper reports that full backprop (K = T every time) collapses within two epochs; the default avoids it.
+
+Checkpointing (``checkpoint``): true checkpoints every UNet call with gradient (memory O(1) in K; one extra forward
+per gradient step), false none (K steps' activations held). "auto" (default) holds as many of the last gradient
+steps' activations as fit in the activation budget (methods/memory.py: the bytes one call saves, measured once per
+batch size by a probe forward) and checkpoints the rest, so a run recomputes only what memory requires. The
+gradient is the same either way. trl's AlignPropTrainer checkpoints every call, even those whose output it detaches.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import memory
 from .base import Method, MethodConfig, MethodError, register
 from .sampling import GRAD, GRAD_CHECKPOINTED, NO_GRAD, StepPlan, sample
 
@@ -36,7 +43,7 @@ class AlignPropConfig(MethodConfig):
     min_grad_steps: int = 1         # K ~ Uniform{min_grad_steps, …, max_grad_steps} steps with gradient
     max_grad_steps: int = 0         # 0: num_steps
     fixed_grad_steps: int = 0       # > 0: always the last K steps (K = 1: AlignProp's K=1 mode); overrides the draw
-    checkpoint: bool = True         # checkpoint each UNet call with gradient (per-step checkpointing)
+    checkpoint: bool | str = "auto"  # checkpoint each UNet call with gradient: true, false, or "auto" (see below)
 
     def grad_steps_range(self) -> tuple[int, int]:
         return self.min_grad_steps, self.max_grad_steps or self.num_steps
@@ -49,11 +56,13 @@ class AlignPropConfig(MethodConfig):
         if not 1 <= lo <= hi <= self.num_steps:
             raise MethodError(f"grad steps range must satisfy 1 <= min_grad_steps <= max_grad_steps <= "
                               f"num_steps={self.num_steps}, got [{lo}, {hi}]")
+        if self.checkpoint not in (True, False, "auto"):
+            raise MethodError(f"checkpoint must be true, false or \"auto\", got {self.checkpoint!r}")
         if not 0 <= self.fixed_grad_steps <= self.num_steps:
             raise MethodError(f"fixed_grad_steps must be in [0, num_steps={self.num_steps}], got {self.fixed_grad_steps}")
 
 
-@register("alignprop", "AlignProp: backprop through the steps after a random cutoff, each UNet call checkpointed")
+@register("alignprop", "AlignProp: backprop through the steps after a random cutoff, checkpointed as memory requires")
 class AlignProp(Method):
     name = "alignprop"
     Config = AlignPropConfig
@@ -77,16 +86,35 @@ class AlignProp(Method):
             return [draws[i] <= i for i in range(T)]
         return [i >= cutoff for i in range(T)]
 
+    def plans(self, grad_steps: list[bool], batch: int) -> list[StepPlan]:
+        c = self.config
+        if c.checkpoint != "auto":
+            with_grad = GRAD_CHECKPOINTED if c.checkpoint else GRAD
+            return [with_grad if g else NO_GRAD for g in grad_steps]
+        per_call = self.__dict__.get("_call_bytes", {}).get(batch)
+        # not measured yet: only the first gradient step holds its activations (and is measured)
+        keep = 1 if per_call is None else memory.how_many_fit(per_call, self.backbone.device)
+        order = [i for i, g in enumerate(grad_steps) if g]
+        held = set(order[:1]) if per_call is None else set(order[len(order) - keep:]) if keep else set()
+        return [NO_GRAD if not g else GRAD if i in held else GRAD_CHECKPOINTED for i, g in enumerate(grad_steps)]
+
     def compute_loss(self, prompts):
         grad_steps = self.draw_grad_steps()
         self.last_grad_steps = grad_steps
-        with_grad = GRAD_CHECKPOINTED if self.config.checkpoint else GRAD
-        plan = [with_grad if g else NO_GRAD for g in grad_steps]
         cond = self.backbone.encode_prompts(prompts)
+        plan = self.plans(grad_steps, len(prompts))
+        self.last_plan = plan
+        calls = self.__dict__.setdefault("_call_bytes", {})
+        measure = self.config.checkpoint == "auto" and len(prompts) not in calls and any(grad_steps)
         with self.timer("sampling"):
-            out = sample(self.backbone, cond, self.noise(len(prompts)), plan=plan, **self.sample_kwargs())
+            run = lambda: sample(self.backbone, cond, self.noise(len(prompts)), plan=plan, **self.sample_kwargs())
+            if measure:  # what autograd saves in this chain: the one held step's activations (+ the chain's own)
+                out, calls[len(prompts)] = memory.saved_bytes(run, exclude=list(self.backbone.parameters()))
+            else:
+                out = run()
             images = self.backbone.decode(out.latents)
         rewards = self.score(images, prompts)
         first = grad_steps.index(True) if any(grad_steps) else len(grad_steps)
         return -rewards.mean(), {"reward": rewards.detach().mean(), "grad_steps": sum(grad_steps), "cutoff": first,
-                                 "samples": len(prompts), "reward_queries": len(prompts)}
+                                 "samples": len(prompts), "reward_queries": len(prompts),
+                                 "checkpointed_steps": sum(p.checkpoint for p in plan)}

@@ -19,6 +19,17 @@ reference does; ``metrics["optimizer_steps"]`` reports how many, and the harness
 over the run (``train_steps`` counts the ``step()`` calls). ``samples`` and ``reward_queries`` both equal
 ``len(prompts)`` (the PPO epochs reuse the stored transitions and never query the reward again).
 
+Reusing the sampling graph (``reuse_sampling_graph``): the first minibatch of the first inner epoch is trained at
+θ = θ_old, where the PPO term's ρ is exactly 1 and its gradient −A·∇θ log p_θ(x_{t−1} | x_t) is that of the very
+denoiser calls the sampler just made. When those calls run with autograd (their inputs detached: each transition's
+x_t stays data, as in a recomputed term) and their graphs are kept, that minibatch needs no second forward: its terms
+are backpropagated through the sampling graphs in one backward. "auto" (default) keeps the graphs of as many
+sampling steps as fit in the activation budget (methods/memory.py; the bytes one call saves are measured during the
+first call's recomputed terms, so the first call recomputes everything) and recomputes the terms of the other steps;
+it applies when the first minibatch is the whole batch. true forces every step, false never. Same gradient as the
+recomputation (which reproduces ρ = 1 up to rounding), one denoiser forward fewer per term; trl and ddpo-pytorch
+always recompute.
+
 Zero-σ transitions (the final step of DDPM, or of DDIM with ``set_alpha_to_one=True``) are deterministic: their
 log-density is undefined (0/0), so they are excluded from the PPO terms, never divided by.
 """
@@ -29,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import memory
 from .base import Method, MethodConfig, MethodError, register
 from .ddpo_stats import PerPromptStatTracker
 from .sampling import GRAD, NO_GRAD, sample, transition_log_prob
@@ -47,6 +59,7 @@ class DDPOConfig(MethodConfig):
     minibatch_size: int = 64       # samples per optimiser step (reference: 256 samples per epoch → 4 steps)
     buffer_size: int = 16          # per-prompt reward buffer (persists across step() calls)
     min_count: int = 16            # below this many rewards, a prompt uses the batch's mean/std
+    reuse_sampling_graph: bool | str = "auto"  # train the first minibatch through the sampling graphs (docstring)
 
     def validate(self) -> None:
         super().validate()
@@ -62,23 +75,37 @@ class DDPOConfig(MethodConfig):
             raise MethodError(f"inner_epochs must be >= 1, got {self.inner_epochs}")
         if self.minibatch_size < 1:
             raise MethodError(f"minibatch_size must be >= 1, got {self.minibatch_size}")
+        if self.reuse_sampling_graph not in (True, False, "auto"):
+            raise MethodError(f"reuse_sampling_graph must be true, false or \"auto\", got "
+                              f"{self.reuse_sampling_graph!r}")
         if not 1 <= self.min_count <= self.buffer_size:
             raise MethodError(f"min_count must be in [1, buffer_size={self.buffer_size}], got {self.min_count}")
 
 
-def ppo_clipped_loss(log_prob_new: torch.Tensor, log_prob_old: torch.Tensor, advantages: torch.Tensor,
-                     clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean over rows of max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)), ρ = exp(log p_new − log p_old) (Schulman et al. 2017).
+def ppo_clipped_terms(log_prob_new: torch.Tensor, log_prob_old: torch.Tensor, advantages: torch.Tensor,
+                      clip_range: float) -> torch.Tensor:
+    """Per row: max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)), ρ = exp(log p_new − log p_old) (Schulman et al. 2017).
 
     Where ρ lies outside [1 − ε, 1 + ε] in the advantage's direction (ρ > 1 + ε with A > 0, ρ < 1 − ε with A < 0) the
     clipped branch is the max and is constant in θ: those terms give zero gradient."""
     ratio = torch.exp(log_prob_new - log_prob_old)
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
-    info = {"approx_kl": 0.5 * ((log_prob_new - log_prob_old).detach() ** 2).mean(),
-            "clipfrac": ((ratio.detach() - 1.0).abs() > clip_range).float().mean()}
-    return loss, info
+    return torch.maximum(unclipped, clipped)
+
+
+def ppo_clipped_loss(log_prob_new: torch.Tensor, log_prob_old: torch.Tensor, advantages: torch.Tensor,
+                     clip_range: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The mean over rows of ``ppo_clipped_terms``, and the approximate KL and clip fraction."""
+    loss = ppo_clipped_terms(log_prob_new, log_prob_old, advantages, clip_range).mean()
+    return loss, ppo_stats(log_prob_new, log_prob_old, clip_range)
+
+
+def ppo_stats(log_prob_new: torch.Tensor, log_prob_old: torch.Tensor, clip_range: float) -> dict[str, torch.Tensor]:
+    """Approximate KL ½·E[(log p_new − log p_old)²] and the fraction of terms with |ρ − 1| > ε (detached)."""
+    log_ratio = (log_prob_new - log_prob_old).detach()
+    return {"approx_kl": 0.5 * (log_ratio ** 2).mean(),
+            "clipfrac": ((torch.exp(log_ratio) - 1.0).abs() > clip_range).float().mean()}
 
 
 @register("ddpo", "DDPO (PPO): policy gradient over recorded stochastic trajectories; any (even non-differentiable) reward")
@@ -119,22 +146,57 @@ class DDPO(Method):
                                    cond.index(r), self.config.guidance_scale, self.config.eta,
                                    GRAD if grad else NO_GRAD)
 
-    def collect(self, prompts: list[str]):
-        """Sample and score: the trajectories, their log-probs under the sampling model, and the rewards."""
+    def collect(self, prompts: list[str], keep: torch.Tensor | None = None):
+        """Sample and score: the trajectories, their log-probs under the sampling model, and the rewards.
+
+        ``keep``: the steps (sampling order) whose denoiser calls run with autograd and keep their graphs; their
+        columns of the returned ``log_probs`` are differentiable (``self.kept_log_probs``), the chain itself stays
+        data (each step's input detached)."""
         cond = self.backbone.encode_prompts(prompts)
-        with self.timer("sampling"), torch.no_grad():
-            out = sample(self.backbone, cond, self.noise(len(prompts)), plan=NO_GRAD, record=True,
-                         **self.sample_kwargs())
-            images = self.backbone.decode(out.latents)
+        kept = set() if keep is None else set(keep.tolist())
+        plan = [GRAD if i in kept else NO_GRAD for i in range(self.config.num_steps)]
+        with self.timer("sampling"), torch.set_grad_enabled(bool(kept)):
+            out = sample(self.backbone, cond, self.noise(len(prompts)), plan=plan, record=True,
+                         record_graph=bool(kept), **self.sample_kwargs())
+            with torch.no_grad():
+                images = self.backbone.decode(out.latents)
         with torch.no_grad():
             rewards = self.score(images, prompts)
-        return cond, torch.stack(out.trajectory, dim=1), out.log_probs, rewards
+        self.kept_log_probs = out.log_probs if kept else None
+        return cond, torch.stack(out.trajectory, dim=1), out.log_probs.detach(), rewards
+
+    def kept_steps(self, batch: int) -> torch.Tensor:
+        """The steps whose sampling graphs train the first minibatch (see the module docstring)."""
+        c, steps = self.config, self.trainable_indices
+        if c.reuse_sampling_graph is False or c.minibatch_size < batch:
+            return steps[:0]
+        if c.reuse_sampling_graph is True:
+            return steps
+        per_call = self.__dict__.get("_call_bytes", {}).get(batch)
+        if per_call is None:  # not measured yet: this call recomputes, and measures
+            return steps[:0]
+        fit = memory.how_many_fit(per_call, self.backbone.device)
+        return steps[len(steps) - min(fit, len(steps)):]
+
+    def recompute(self, trajectory, cond, rows, indices, measure: bool) -> torch.Tensor:
+        if not measure:
+            return self.transition_log_probs(trajectory, cond, rows, indices)
+        new, nbytes = memory.saved_bytes(lambda: self.transition_log_probs(trajectory, cond, rows, indices),
+                                         exclude=list(self.backbone.parameters()))
+        self.__dict__.setdefault("_call_bytes", {})[len(rows)] = nbytes
+        return new
 
     # ------------------------------------------------------------------------------------------------- the epoch
     def backward(self, prompts):
         c = self.config
         batch = len(prompts)
-        cond, trajectory, old_log_probs, rewards = self.collect(prompts)
+        keep = self.kept_steps(batch)
+        cond, trajectory, old_log_probs, rewards = self.collect(prompts, keep)
+        kept_log_probs, self.kept_log_probs = self.kept_log_probs, None
+        is_kept = torch.zeros(c.num_steps, dtype=torch.bool)
+        is_kept[keep] = True
+        measure = (c.reuse_sampling_graph == "auto" and c.minibatch_size >= batch
+                   and batch not in self.__dict__.get("_call_bytes", {}))
         advantages = self.tracker.update(prompts, rewards).clamp(-c.adv_clip_max, c.adv_clip_max)
         steps = self.trainable_indices
         trained_per_sample = max(1, int(len(steps) * c.timestep_fraction))
@@ -144,6 +206,7 @@ class DDPO(Method):
         zero = torch.zeros((), device=trajectory.device)
         totals = {"approx_kl": zero, "clipfrac": zero, "loss": zero}  # tensors: no host sync per PPO term
         terms = 0
+        reused = 0
         with self.timer("backward"):
             for epoch in range(c.inner_epochs):
                 order = torch.randperm(batch, generator=cpu)
@@ -152,16 +215,39 @@ class DDPO(Method):
                 for m in range(minibatches):
                     rows = order[m * c.minibatch_size:(m + 1) * c.minibatch_size]
                     self.optimizer.zero_grad(set_to_none=True)
+                    first = epoch == 0 and m == 0 and kept_log_probs is not None
+                    through_sampling = zero  # the terms backpropagated through the sampling graphs, in one backward
                     for j in range(trained_per_sample):
                         indices = per_sample[rows, j]
-                        new = self.transition_log_probs(trajectory, cond, rows, indices)
-                        old = old_log_probs[rows.to(old_log_probs.device), indices.to(old_log_probs.device)]
-                        loss, info = ppo_clipped_loss(new, old, advantages[rows.to(advantages.device)], c.clip_range)
-                        (loss / trained_per_sample).backward()
-                        totals["loss"] = totals["loss"] + loss.detach()
-                        totals["approx_kl"] = totals["approx_kl"] + info["approx_kl"].detach()
-                        totals["clipfrac"] = totals["clipfrac"] + info["clipfrac"].detach()
+                        reuse = is_kept[indices] if first else torch.zeros(len(rows), dtype=torch.bool)
+                        dev = old_log_probs.device
+                        # (rows, indices, new log-probs, via the sampling graph): the two kinds backpropagate apart
+                        parts = []
+                        if reuse.any():
+                            r, i = rows[reuse], indices[reuse]
+                            parts.append((r, i, kept_log_probs[r.to(dev), i.to(dev)], True))
+                            reused += len(r)
+                        if (~reuse).any():
+                            r, i = rows[~reuse], indices[~reuse]
+                            parts.append((r, i, self.recompute(trajectory, cond, r, i, measure and j == 0), False))
+                        news, olds = [], []
+                        for r, i, new, via_sampling in parts:
+                            old = old_log_probs[r.to(dev), i.to(dev)]
+                            part = ppo_clipped_terms(new, old, advantages[r.to(advantages.device)], c.clip_range)
+                            part = part.sum() / (len(rows) * trained_per_sample)
+                            if via_sampling:
+                                through_sampling = through_sampling + part
+                            else:
+                                part.backward()
+                            totals["loss"] = totals["loss"] + part.detach() * trained_per_sample
+                            news.append(new.detach())
+                            olds.append(old)
+                        info = ppo_stats(torch.cat(news), torch.cat(olds), c.clip_range)
+                        totals["approx_kl"] = totals["approx_kl"] + info["approx_kl"]
+                        totals["clipfrac"] = totals["clipfrac"] + info["clipfrac"]
                         terms += 1
+                    if first:
+                        through_sampling.backward()
                     last = epoch == c.inner_epochs - 1 and m == minibatches - 1
                     if not last:  # the last minibatch's gradient is applied by Method.step (clip + optimiser step)
                         if c.grad_clip > 0:
@@ -171,5 +257,5 @@ class DDPO(Method):
         metrics.update(reward=rewards.detach().float().mean(), reward_std=rewards.detach().float().std(unbiased=False),
                        advantage_abs=advantages.abs().mean(), samples=batch, reward_queries=batch,
                        optimizer_steps=c.inner_epochs * minibatches, ppo_terms=terms,
-                       **self.tracker.stats())
+                       reused_terms=reused, **self.tracker.stats())
         return metrics

@@ -233,11 +233,14 @@ def check_sampler_args(num_steps: int, eta: float, guidance_scale: float, record
 def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int, guidance_scale: float,
            eta: float = 0.0, plan: PlanLike = NO_GRAD, stop_index: int | None = None, record: bool = False,
            generator: torch.Generator | None = None, kind: str = "ddim",
-           schedule: Schedule | None = None) -> SampleOutput:
+           schedule: Schedule | None = None, record_graph: bool = False) -> SampleOutput:
     """Run the chain from ``noise`` (x_T) under ``plan``.
 
     stop_index: stop after this step (0-based) and return its predicted x0_hat as ``latents`` (early stop)
     record:     keep the (detached) trajectory and each transition's log-prob (needs eta > 0, or kind="ddpm")
+    record_graph: (with record) the log-probs of steps whose plan has grad keep their graph through that step's
+                denoiser call, and the chain itself is data (each step's input detached): log p_θ(x_{t−1} | x_t)
+                of the sampled transition, as a PPO term recomputes it (DDPO's reuse of the sampling graph)
     generator:  drives the variance noise when eta > 0, so a seeded run is reproducible
     """
     check_sampler_args(num_steps, eta, guidance_scale, record=record and kind == "ddim")
@@ -258,10 +261,10 @@ def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int
             z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         x_in = x
         out = denoise_step(backbone, schedule, i, x, cond, guidance_scale, eta, plans[i], z)
-        x = out.prev_sample
+        x = out.prev_sample.detach() if record_graph else out.prev_sample
         if record:
             trajectory.append(x.detach())
-            log_probs.append(gaussian_log_prob(x.detach(), out.mean.detach(), out.std))
+            log_probs.append(gaussian_log_prob(x.detach(), out.mean if record_graph else out.mean.detach(), out.std))
     final = out.pred_x0 if stop_index is not None else x
     return SampleOutput(
         latents=final,

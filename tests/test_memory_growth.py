@@ -38,7 +38,8 @@ def one_step_peak(method: str, num_steps: int, **settings) -> int:
     return peak_allocated_bytes(lambda: m.step(["a red circle", "a blue square"]))
 
 
-@pytest.mark.parametrize("method, settings", [("draft", {}), ("alignprop", {"fixed_grad_steps": -1})])  # -1: all
+@pytest.mark.parametrize("method, settings", [("draft", {}), ("alignprop", {"fixed_grad_steps": -1, "checkpoint": True})])
+# -1: all steps
 def test_full_backprop_peak_at_5x_the_steps_is_at_most_1_2x(method, settings):
     def run(n):
         s = {k: (n if v == -1 else v) for k, v in settings.items()}
@@ -46,6 +47,26 @@ def test_full_backprop_peak_at_5x_the_steps_is_at_most_1_2x(method, settings):
 
     p10, p50 = run(6), run(30)
     assert p50 <= 1.2 * p10, f"{method}: peak {p50 / 2**20:.1f} MiB at 30 steps vs {p10 / 2**20:.1f} MiB at 6"
+
+
+def test_alignprop_auto_checkpointing_stays_within_its_budget(monkeypatch):
+    """"auto" holds only as many calls' activations as the budget allows (here two): the peak of a full-backprop step
+    does not grow with the steps either, once the per-call bytes are measured."""
+    from methods import memory
+
+    def second_step_peak(n):
+        torch.manual_seed(0)
+        m = methods.create("alignprop", backbones.create("tiny", lora_rank=4),
+                           rewards.create("jpeg-compressibility-surrogate"), seed=0, num_steps=n, guidance_scale=1.0,
+                           fixed_grad_steps=n)
+        m.step(["a red circle", "a blue square"])  # measures one call's saved bytes
+        monkeypatch.setattr(memory, "activation_budget", lambda device: 2 * m._call_bytes[2])
+        peak = peak_allocated_bytes(lambda: m.step(["a red circle", "a blue square"]))
+        assert m.last_plan.count(methods.sampling.GRAD) == 2
+        return peak
+
+    p10, p50 = second_step_peak(6), second_step_peak(30)
+    assert p50 <= 1.2 * p10
 
 
 def test_the_measure_sees_growth_without_checkpointing():

@@ -219,6 +219,11 @@ def test_export_backbone_writes_a_pipeline_that_diffusers_and_backbone_path_load
         for unet in (pipe.unet, back.unet):
             assert torch.allclose(unet(x, t, encoder_hidden_states=cond.embeds).sample, expected, atol=1e-6)
         assert torch.equal(back.encode_prompts(["a cat"]).embeds, cond.embeds)
+    # the official tokenizer layout too (transformers 4.x's CLIPTokenizer reads only vocab.json + merges.txt)
+    from transformers import CLIPTokenizer
+    slow = CLIPTokenizer(str(out / "tokenizer" / "vocab.json"), str(out / "tokenizer" / "merges.txt"))
+    for text in ["a cat", "a bowl of strawberries on a red table"]:
+        assert slow(text).input_ids == pipe.tokenizer(text).input_ids
     assert main(["export-backbone", "tiny", str(out)]) == 2  # not empty: refuses without --force
     assert main(["export-backbone", "shapes", str(tmp_path / "s")]) == 2  # pixel space: no pipeline
 
@@ -303,3 +308,20 @@ def test_a_dtype_the_device_cannot_run_is_refused_before_loading(monkeypatch):
     with pytest.raises(ValueError, match="bf16 is not supported by Tesla V100"):
         CellSpec(device="cuda", dtype="bf16").validate()
     CellSpec(device="cuda", dtype="fp16").validate()
+
+
+def test_slow_tokenizer_files_reproduce_a_bpe_tokenizer(tmp_path):
+    """The vocab.json + merges.txt written beside tokenizer.json tokenize like it (real CLIP BPE, 48894 merges)."""
+    from transformers import CLIPTokenizer
+
+    from bench.backbones import write_slow_tokenizer_files
+    from rewards.testing import clip_tokenizer
+
+    fast = clip_tokenizer()
+    fast.save_pretrained(str(tmp_path))
+    for f in ("vocab.json", "merges.txt"):
+        (tmp_path / f).unlink(missing_ok=True)
+    write_slow_tokenizer_files(tmp_path)
+    slow = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    for text in ["a photograph of an astronaut riding a horse", "strawberries, unbelievable!"]:
+        assert slow(text).input_ids == fast(text).input_ids
