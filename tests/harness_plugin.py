@@ -40,12 +40,32 @@ class OOMReward(Reward):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (test)")
 
 
+class SlowReward(Reward):
+    """JPEG-size surrogate that takes 1 s a call: the cell that an interruption test interrupts (a fast cell could
+    finish before the signal lands)."""
+    name = "test-slow"
+    differentiable = True
+
+    def __init__(self):
+        super().__init__()
+        from rewards import create
+
+        self.inner = create("jpeg-compressibility-surrogate")
+
+    def score(self, images, prompts):
+        import time
+
+        time.sleep(1.0)
+        return self.inner(images, prompts)
+
+
+register("test-slow", "test: one second a call")(lambda **kw: SlowReward())
 register("test-oom", "test: runs out of memory")(lambda **kw: OOMReward())
 register("test-nan", "test: returns NaN")(lambda **kw: NaNReward())
 register("test-raise", "test: raises")(lambda **kw: RaisingReward())
 
 for name, reward in [("test-tiny", "jpeg-compressibility-surrogate"), ("test-nan", "test-nan"),
-                     ("test-raise", "test-raise"), ("test-oom", "test-oom")]:
+                     ("test-raise", "test-raise"), ("test-oom", "test-oom"), ("test-slow", "test-slow")]:
     tasks.register(tasks.Task(name=name, reward=reward, train_prompts=str(_DIR / "train.txt"),
                               eval_prompts=str(_DIR / "eval.txt"), backbone="tiny", suite="test",
                               description=f"test task ({reward})"))

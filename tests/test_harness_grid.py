@@ -73,7 +73,7 @@ def assert_consistent(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 def test_kill9_then_rerun_skips_finished_cells_without_duplicates(tmp_path):
     """kill -9 of the whole grid mid-run, then the same command: finished cells are not rerun (their rows are
     byte-identical, wall_s included), every cell ends with exactly one complete row."""
-    cmd = grid_cmd(tmp_path, "draft-1,draft-k")
+    cmd = grid_cmd(tmp_path, "draft-1", "test-tiny,test-slow")  # the second cell takes seconds
     out = tmp_path / "ci"
     proc = start(cmd)
     wait_for_rows(out / "cells.csv", 1, proc)
@@ -92,7 +92,7 @@ def test_kill9_then_rerun_skips_finished_cells_without_duplicates(tmp_path):
 
 
 def test_sigint_leaves_files_consistent_and_resumable(tmp_path):
-    cmd = grid_cmd(tmp_path, "draft-1,draft-k")
+    cmd = grid_cmd(tmp_path, "draft-1", "test-tiny,test-slow")  # the second cell takes seconds
     out = tmp_path / "ci"
     proc = start(cmd)
     wait_for_rows(out / "cells.csv", 1, proc)
