@@ -43,20 +43,28 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
 
 @dataclass
 class Conditioning:
-    """Frozen text conditioning of a batch: prompt embeddings and the empty prompt's (for guidance)."""
+    """Frozen text conditioning of a batch: prompt embeddings and the empty prompt's (for guidance). SDXL adds the
+    pooled text embeddings (of the prompt and of the empty prompt) and the micro-conditioning time ids."""
 
     embeds: torch.Tensor  # [B, L, D]
     uncond: torch.Tensor  # [B, L, D]
+    pooled: torch.Tensor | None = None         # [B, P]   (SDXL)
+    uncond_pooled: torch.Tensor | None = None  # [B, P]   (SDXL)
+    time_ids: torch.Tensor | None = None       # [B, 6]   (SDXL: original size, crop top-left, target size)
 
     def __len__(self) -> int:
         return self.embeds.shape[0]
 
+    def _map(self, fn) -> "Conditioning":
+        return Conditioning(*(None if v is None else fn(v) for v in
+                              (self.embeds, self.uncond, self.pooled, self.uncond_pooled, self.time_ids)))
+
     def repeat(self, n: int) -> "Conditioning":
         """Each prompt ``n`` times in a row (``repeat_interleave``), matching ``latents.repeat_interleave(n)``."""
-        return Conditioning(self.embeds.repeat_interleave(n, 0), self.uncond.repeat_interleave(n, 0))
+        return self._map(lambda v: v.repeat_interleave(n, 0))
 
     def index(self, idx: torch.Tensor | slice) -> "Conditioning":
-        return Conditioning(self.embeds[idx], self.uncond[idx])
+        return self._map(lambda v: v[idx])
 
 
 class DiffusersBackbone(nn.Module):
@@ -276,20 +284,17 @@ PART_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_p
               "text_encoder": "model.safetensors", "tokenizer": "vocab.json", "scheduler": "scheduler_config.json"}
 
 
-def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str | None = None,
-                    **kw) -> DiffusersBackbone:
-    """A Stable Diffusion 1.x/2.x checkpoint in diffusers layout, from the hub or a local directory. The scheduler is
-    the checkpoint's config turned into a DDIM scheduler (what every method here samples with)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
+def part_loader(path_or_id: str, *, revision: str | None = None, name: str | None = None) -> Callable[..., Any]:
+    """``part(cls, subfolder)``: one component of a diffusers checkpoint (hub id or local directory), local files
+    first (an offline machine never waits on the network); a missing one raises one line naming the file and the
+    flag that supplies it."""
     local = Path(path_or_id).expanduser().exists()
     env = f"BENCH_{name.upper()}_PATH" if name in HUB_IDS else None
     supply = f"--backbone-path DIR (a local diffusers directory){f' or set {env}' if env else ''}"
 
     def part(cls, sub, **extra):
         where = f"local directory {str(path_or_id)!r}" if local else f"hub id {path_or_id!r}"
-        try:  # the local files (or the hub cache) first: an offline machine never waits on the network
+        try:
             return cls.from_pretrained(path_or_id, subfolder=sub, revision=revision, local_files_only=True, **extra)
         except (OSError, ValueError) as err:
             if local or offline.offline():
@@ -303,6 +308,17 @@ def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str |
                 f"backbone weights missing: {sub}/{PART_FILES.get(sub, '')} of {where} could not be loaded "
                 f"({type(err).__name__}); download it on a machine with access, or pass {supply}") from None
 
+    return part
+
+
+def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str | None = None,
+                    **kw) -> DiffusersBackbone:
+    """A Stable Diffusion 1.x/2.x checkpoint in diffusers layout, from the hub or a local directory. The scheduler is
+    the checkpoint's config turned into a DDIM scheduler (what every method here samples with)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    part = part_loader(path_or_id, revision=revision, name=name)
     return DiffusersBackbone(part(UNet2DConditionModel, "unet"), part(CLIPTextModel, "text_encoder"),
                              part(CLIPTokenizer, "tokenizer"), DDIMScheduler.from_config(part(DDIMScheduler, "scheduler").config),
                              part(AutoencoderKL, "vae"), name=name or str(path_or_id), **kw)
@@ -346,3 +362,6 @@ def _sd21_random(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackb
 @register("tiny", "a tiny SD-architecture (UNet+VAE+CLIP text, 32 px) with random weights, for tests and CPU runs")
 def _tiny(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackbone:
     return from_config_dir(CONFIG_DIR / "tiny", seed=seed, name="tiny", **kw)
+
+
+from bench import backbones_sdxl  # noqa: E402,F401  (registers the SDXL family: its own module)

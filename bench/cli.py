@@ -139,6 +139,7 @@ def precheck_run(args) -> None:
     for name in _backbones_used(args, grid):
         catalog.check_resolution(name, args.resolution)
         catalog.check_hub_backbone(name, args.backbone_path)
+        catalog.check_backbone_dir(name, args.backbone_path)
     for name, kwargs in _rewards_used(args, grid):
         catalog.check_hub_reward(name, kwargs)
     if grid:
@@ -439,13 +440,16 @@ def cmd_export(args) -> int:
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     bb.pipeline().save_pretrained(str(tmp), safe_serialization=True)
-    if (tmp / "tokenizer" / "tokenizer.json").exists():
-        backbones.write_slow_tokenizer_files(tmp / "tokenizer")
+    for tok in ("tokenizer", "tokenizer_2"):
+        if (tmp / tok / "tokenizer.json").exists():
+            backbones.write_slow_tokenizer_files(tmp / tok)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    print(f"wrote {out}: a StableDiffusionPipeline ({args.name}, {args.dtype}); read it back with "
-          f"--backbone sd15 --backbone-path {out}")
+    kind, family = ("StableDiffusionXLPipeline", "sdxl") if hasattr(bb, "text_encoder_2") else \
+        ("StableDiffusionPipeline", "sd15")
+    print(f"wrote {out}: a {kind} ({args.name}, {args.dtype}); read it back with "
+          f"--backbone {family} --backbone-path {out}")
     return 0
 
 

@@ -39,8 +39,10 @@ def run(cmd, timeout=240) -> subprocess.CompletedProcess:
 
 
 def start(cmd) -> subprocess.Popen:
+    # SIGINT at its default: a shell starting pytest in the background (`cmd &`) leaves SIGINT ignored, which the
+    # grid, like any program, would inherit and honour
     return subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_rows(path: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -> None:
