@@ -130,3 +130,13 @@ def test_fp16_sdxl_keeps_its_vae_in_fp32_and_decodes_finite_images():
     with torch.no_grad():
         images = bb.decode(50 * torch.randn(bb.latent_shape(1)))  # large latents: fp16 activations would overflow
     assert images.dtype == torch.float32 and torch.isfinite(images).all()
+
+
+def test_smoke_xl_plans_every_method_once_on_sdxls_architecture():
+    from bench import grid, presets
+    from bench.presets import ALL_METHODS
+
+    specs, notes = grid.plan(presets.get("smoke-xl"))
+    assert not notes and sorted(s.method for s in specs) == sorted(ALL_METHODS)
+    assert {s.backbone for s in specs} == {"sdxl-random"} and {s.dtype for s in specs} == {"bf16"}
+    assert {s.resolution for s in specs} == {256}
