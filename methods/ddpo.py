@@ -150,8 +150,8 @@ class DDPO(Method):
         """Sample and score: the trajectories, their log-probs under the sampling model, and the rewards.
 
         ``keep``: the steps (sampling order) whose denoiser calls run with autograd and keep their graphs; their
-        columns of the returned ``log_probs`` are differentiable (``self.kept_log_probs``), the chain itself stays
-        data (each step's input detached)."""
+        columns of the returned log-probs are differentiable, the chain itself stays data (each step's input
+        detached). Without ``keep`` the log-probs carry no graph."""
         cond = self.backbone.encode_prompts(prompts)
         kept = set() if keep is None else set(keep.tolist())
         plan = [GRAD if i in kept else NO_GRAD for i in range(self.config.num_steps)]
@@ -162,8 +162,7 @@ class DDPO(Method):
                 images = self.backbone.decode(out.latents)
         with torch.no_grad():
             rewards = self.score(images, prompts)
-        self.kept_log_probs = out.log_probs if kept else None
-        return cond, torch.stack(out.trajectory, dim=1), out.log_probs.detach(), rewards
+        return cond, torch.stack(out.trajectory, dim=1), out.log_probs, rewards
 
     def kept_steps(self, batch: int) -> torch.Tensor:
         """The steps whose sampling graphs train the first minibatch (see the module docstring)."""
@@ -191,8 +190,9 @@ class DDPO(Method):
         c = self.config
         batch = len(prompts)
         keep = self.kept_steps(batch)
-        cond, trajectory, old_log_probs, rewards = self.collect(prompts, keep)
-        kept_log_probs, self.kept_log_probs = self.kept_log_probs, None
+        cond, trajectory, log_probs, rewards = self.collect(prompts, keep)
+        old_log_probs = log_probs.detach()
+        kept_log_probs = log_probs if len(keep) else None
         is_kept = torch.zeros(c.num_steps, dtype=torch.bool)
         is_kept[keep] = True
         measure = (c.reuse_sampling_graph == "auto" and c.minibatch_size >= batch
