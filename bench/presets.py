@@ -108,6 +108,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            eval_images_per_prompt=1, eval_prompts_limit=1, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA,
            device="cuda", dtype="bf16", save_images=False, count_flops=True,
            expected_time="GPU: a few minutes per method"),
+    Preset("systems-xl", "peak memory and samples/s of the gradient methods on SDXL's architecture, random weights, "
+           "1024 px, batch 1 (GPU; DDPO needs batch >= 2: add it with --methods ddpo --batch-size 2)",
+           [m for m in ALL_METHODS if m != "ddpo"], ["compressibility"], backbone="sdxl-random", seeds=[0], budget=4,
+           batch_size=1, eval_every=4, eval_images_per_prompt=1, eval_prompts_limit=1, protocol=SD_PROTOCOL,
+           device="cuda", dtype="bf16", save_images=False, count_flops=True,
+           expected_time="GPU: not yet measured; run after `systems` if the device time allows"),
+    Preset("sdxl", "the real grid on SDXL base 1.0: the real reward zoo, every method, 3 seeds, 1024 px (GPU)",
+           ALL_METHODS, REAL_TASKS, backbone="sdxl", seeds=[0, 1, 2], budget=2048, batch_size=4, eval_every=256,
+           eval_images_per_prompt=4, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA, lora_rank=8, device="cuda",
+           dtype="bf16", expected_time="GPU: not yet measured (≈ 3–4× SD 1.5's cost per sample)"),
 ]}
 
 

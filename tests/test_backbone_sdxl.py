@@ -140,3 +140,14 @@ def test_smoke_xl_plans_every_method_once_on_sdxls_architecture():
     assert not notes and sorted(s.method for s in specs) == sorted(ALL_METHODS)
     assert {s.backbone for s in specs} == {"sdxl-random"} and {s.dtype for s in specs} == {"bf16"}
     assert {s.resolution for s in specs} == {256}
+
+
+def test_sdxl_gpu_presets_plan_on_sdxl():
+    from bench import grid, presets
+
+    for name, backbone in (("systems-xl", "sdxl-random"), ("sdxl", "sdxl")):
+        specs, notes = grid.plan(presets.get(name))
+        assert specs and not notes and {s.backbone for s in specs} == {backbone}
+        assert {s.dtype for s in specs} == {"bf16"} and {s.device for s in specs} == {"cuda"}
+        if name == "systems-xl":
+            assert {s.batch_size for s in specs} == {1} and "ddpo" not in {s.method for s in specs}
