@@ -151,3 +151,12 @@ def test_sdxl_gpu_presets_plan_on_sdxl():
         assert {s.dtype for s in specs} == {"bf16"} and {s.device for s in specs} == {"cuda"}
         if name == "systems-xl":
             assert {s.batch_size for s in specs} == {1} and "ddpo" not in {s.method for s in specs}
+
+
+def test_fdxl_reference_plans_drtune_on_sdxl_with_hpsv21():
+    """DRTune's FDXL setup: `--preset sdxl --protocol reference --methods drtune --tasks hpsv2`."""
+    from bench import grid, presets
+
+    specs, _ = grid.plan(presets.get("sdxl"), methods="drtune", tasks="hpsv2", protocol="reference")
+    assert {(s.backbone, s.method, s.reward, s.protocol) for s in specs} == {("sdxl", "drtune", "hpsv2", "reference")}
+    assert all(s.reward_kwargs.get("version") == "2.1" for s in specs)
