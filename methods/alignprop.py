@@ -91,11 +91,13 @@ class AlignProp(Method):
         if c.checkpoint != "auto":
             with_grad = GRAD_CHECKPOINTED if c.checkpoint else GRAD
             return [with_grad if g else NO_GRAD for g in grad_steps]
-        per_call = self.__dict__.get("_call_bytes", {}).get(batch)
-        # not measured yet: only the first gradient step holds its activations (and is measured)
-        keep = 1 if per_call is None else memory.how_many_fit(per_call, self.backbone.device)
+        per_call = self._call_bytes.get(batch)
         order = [i for i, g in enumerate(grad_steps) if g]
-        held = set(order[:1]) if per_call is None else set(order[len(order) - keep:]) if keep else set()
+        if per_call is None:  # not measured yet: only the first gradient step holds its activations (and is measured)
+            held = set(order[:1])
+        else:  # the last gradient steps that fit hold theirs
+            keep = min(len(order), memory.how_many_fit(per_call, self.backbone.device))
+            held = set(order[len(order) - keep:])
         return [NO_GRAD if not g else GRAD if i in held else GRAD_CHECKPOINTED for i, g in enumerate(grad_steps)]
 
     def compute_loss(self, prompts):
@@ -104,12 +106,11 @@ class AlignProp(Method):
         cond = self.backbone.encode_prompts(prompts)
         plan = self.plans(grad_steps, len(prompts))
         self.last_plan = plan
-        calls = self.__dict__.setdefault("_call_bytes", {})
-        measure = self.config.checkpoint == "auto" and len(prompts) not in calls and any(grad_steps)
+        measure = self.config.checkpoint == "auto" and len(prompts) not in self._call_bytes and any(grad_steps)
         with self.timer("sampling"):
             run = lambda: sample(self.backbone, cond, self.noise(len(prompts)), plan=plan, **self.sample_kwargs())
             if measure:  # what autograd saves in this chain: the one held step's activations (+ the chain's own)
-                out, calls[len(prompts)] = memory.saved_bytes(run, exclude=list(self.backbone.parameters()))
+                out, self._call_bytes[len(prompts)] = memory.saved_bytes(run, exclude=list(self.backbone.parameters()))
             else:
                 out = run()
             images = self.backbone.decode(out.latents)

@@ -106,6 +106,9 @@ class Method:
         self.timer = StepTimer(backbone.device)
         self.total_samples = 0
         self.total_reward_queries = 0
+        #: bytes autograd saves for one denoiser call, per batch size: what the "auto" memory policies measure
+        #: (methods/memory.py; AlignProp's checkpointing, DDPO's reuse of the sampling graph)
+        self._call_bytes: dict[int, int] = {}
 
     @classmethod
     def settle(cls, config: MethodConfig) -> MethodConfig:

@@ -171,7 +171,7 @@ class DDPO(Method):
             return steps[:0]
         if c.reuse_sampling_graph is True:
             return steps
-        per_call = self.__dict__.get("_call_bytes", {}).get(batch)
+        per_call = self._call_bytes.get(batch)
         if per_call is None:  # not measured yet: this call recomputes, and measures
             return steps[:0]
         fit = memory.how_many_fit(per_call, self.backbone.device)
@@ -182,7 +182,7 @@ class DDPO(Method):
             return self.transition_log_probs(trajectory, cond, rows, indices)
         new, nbytes = memory.saved_bytes(lambda: self.transition_log_probs(trajectory, cond, rows, indices),
                                          exclude=list(self.backbone.parameters()))
-        self.__dict__.setdefault("_call_bytes", {})[len(rows)] = nbytes
+        self._call_bytes[len(rows)] = nbytes
         return new
 
     # ------------------------------------------------------------------------------------------------- the epoch
@@ -196,7 +196,7 @@ class DDPO(Method):
         is_kept = torch.zeros(c.num_steps, dtype=torch.bool)
         is_kept[keep] = True
         measure = (c.reuse_sampling_graph == "auto" and c.minibatch_size >= batch
-                   and batch not in self.__dict__.get("_call_bytes", {}))
+                   and batch not in self._call_bytes)
         advantages = self.tracker.update(prompts, rewards).clamp(-c.adv_clip_max, c.adv_clip_max)
         steps = self.trainable_indices
         trained_per_sample = max(1, int(len(steps) * c.timestep_fraction))
