@@ -99,7 +99,7 @@ def test_catalog_resolution_rules_match_the_architectures():
 
     assert catalog.RESOLUTION["tiny"] == backbones.create("tiny", lora_rank=None).resolution_multiple
     assert catalog.RESOLUTION["shapes"] == -backbones.create("shapes", lora_rank=None).image_size
-    cfg = Path(backbones.__file__).parent / "configs" / "sd15"
+    cfg = backbones.CONFIG_DIR / "sd15"
     vae, unet = (json.loads((cfg / f).read_text()) for f in ("vae.json", "unet.json"))
     sd = 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
     assert catalog.RESOLUTION["sd15-random"] == catalog.RESOLUTION["sd15"] == sd == 64
@@ -234,7 +234,7 @@ def test_sd21_random_is_sd21s_architecture():
 
     from bench import backbones
 
-    cfg = Path(backbones.__file__).parent / "configs" / "sd21"
+    cfg = backbones.CONFIG_DIR / "sd21"
     unet, text, sched = (json.loads((cfg / f).read_text()) for f in ("unet.json", "text_encoder.json",
                                                                      "scheduler.json"))
     assert sched["prediction_type"] == "v_prediction" and unet["sample_size"] * 8 == 768

@@ -1,5 +1,5 @@
 """Stable Diffusion XL backbones: two CLIP text encoders, pooled text embeddings and ``add_time_ids``
-micro-conditioning, behind the same protocol as SD 1.x/2.x (``bench/backbones.py``; the conditioning stays opaque to
+micro-conditioning, behind the same protocol as SD 1.x/2.x (``bench/backbones/sd.py``; the conditioning stays opaque to
 the methods, DESIGN.md "Backbone kinds").
 
 Conditioning as ``StableDiffusionXLPipeline.encode_prompt`` builds it: each encoder's penultimate hidden states,
@@ -104,7 +104,7 @@ def from_config_dir(config_dir: str | Path, *, seed: int = 0, name: str | None =
 
     config_dir = Path(config_dir)
     load = lambda f: json.loads((config_dir / f).read_text())  # noqa: E731
-    from bench.backbones import parse_dtype
+    from bench.backbones import parse_dtype  # noqa: E402
 
     state, default = torch.random.get_rng_state(), torch.get_default_dtype()
     torch.manual_seed(seed)

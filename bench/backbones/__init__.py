@@ -1,5 +1,6 @@
-"""Backbones: Stable Diffusion (1.x/2.x) through diffusers, random-weight architectures, and (registered by
-``bench.testbed``) the pixel-space shapes testbed. All implement ``methods.backbone.Backbone``.
+"""Backbones, one module per family behind this registry: ``sd`` (Stable Diffusion 1.x/2.x), ``sdxl`` (SDXL), and
+(registered by ``bench.testbed``) the pixel-space shapes testbed. All implement ``methods.backbone.Backbone``; this
+module holds what the families share (the diffusers backbone, its conditioning, LoRA, checkpoint loading).
 
 Loading follows diffusers' conventions: ``from_pretrained(hub_id_or_local_dir)`` with the usual subfolders
 (``unet``, ``vae``, ``text_encoder``, ``tokenizer``, ``scheduler``). Architectures with random weights are built from
@@ -23,7 +24,7 @@ from bench.catalog import HUB_IDS
 from registry import Registry
 from rewards.base import WeightsNotFoundError
 
-CONFIG_DIR = Path(__file__).parent / "configs"
+CONFIG_DIR = Path(__file__).parent.parent / "configs"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
           "fp16": torch.float16, "float16": torch.float16}
@@ -257,29 +258,6 @@ def _ddim(config: dict) -> Any:
     return DDIMScheduler.from_config(config)
 
 
-def from_config_dir(config_dir: str | os.PathLike, *, seed: int = 0, tokenizer_dir: str | os.PathLike | None = None,
-                    name: str | None = None, **kw) -> DiffusersBackbone:
-    """The architecture in ``config_dir`` (``unet.json``, ``vae.json``, ``text_encoder.json``, ``scheduler.json``) with
-    random weights drawn from ``seed``. Uses a character-level tokenizer unless ``tokenizer_dir`` is given."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    config_dir = Path(config_dir)
-    load = lambda f: json.loads((config_dir / f).read_text())  # noqa: E731
-    state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        unet = UNet2DConditionModel.from_config(load("unet.json"))
-        vae = AutoencoderKL.from_config(load("vae.json")) if (config_dir / "vae.json").exists() else None
-        text_encoder = CLIPTextModel(CLIPTextConfig(**load("text_encoder.json")))
-    finally:
-        torch.random.set_rng_state(state)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir or CONFIG_DIR / "char_tokenizer"))
-    return DiffusersBackbone(unet, text_encoder, tokenizer, _ddim(load("scheduler.json")), vae,
-                             name=name or config_dir.name, **kw)
-
-
-#: the file of each diffusers subfolder that a missing-weights error names
 PART_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
               "text_encoder": "model.safetensors", "tokenizer": "vocab.json", "scheduler": "scheduler_config.json"}
 
@@ -311,20 +289,6 @@ def part_loader(path_or_id: str, *, revision: str | None = None, name: str | Non
     return part
 
 
-def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str | None = None,
-                    **kw) -> DiffusersBackbone:
-    """A Stable Diffusion 1.x/2.x checkpoint in diffusers layout, from the hub or a local directory. The scheduler is
-    the checkpoint's config turned into a DDIM scheduler (what every method here samples with)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    part = part_loader(path_or_id, revision=revision, name=name)
-    return DiffusersBackbone(part(UNet2DConditionModel, "unet"), part(CLIPTextModel, "text_encoder"),
-                             part(CLIPTokenizer, "tokenizer"), DDIMScheduler.from_config(part(DDIMScheduler, "scheduler").config),
-                             part(AutoencoderKL, "vae"), name=name or str(path_or_id), **kw)
-
-
-# ----------------------------------------------------------------------------------------------------- registry
 REGISTRY = Registry("backbone", BackboneError)
 register, available, describe = REGISTRY.register, REGISTRY.available, REGISTRY.describe
 
@@ -333,35 +297,5 @@ def create(name: str, **kw) -> DiffusersBackbone:
     return REGISTRY.get(name)(**kw)
 
 
-
-
-def _hub_factory(key: str) -> Callable[..., DiffusersBackbone]:
-    def factory(path: str | None = None, **kw) -> DiffusersBackbone:
-        kw.pop("seed", None)  # weights come from the checkpoint
-        return from_pretrained(path or os.environ.get(f"BENCH_{key.upper()}_PATH") or HUB_IDS[key], name=key, **kw)
-
-    return factory
-
-
-register("sd15", f"Stable Diffusion 1.5 weights ({HUB_IDS['sd15']} or --backbone-path DIR)")(_hub_factory("sd15"))
-register("sd21", f"Stable Diffusion 2.1 weights ({HUB_IDS['sd21']} or --backbone-path DIR; v-prediction)")(
-    _hub_factory("sd21"))
-
-
-@register("sd15-random", "the real SD-1.5 architecture (860M UNet, 512 px) with random weights, for memory/throughput")
-def _sd15_random(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackbone:
-    return from_config_dir(CONFIG_DIR / "sd15", seed=seed, name="sd15-random", **kw)
-
-
-@register("sd21-random", "the real SD-2.1 architecture (865M UNet, OpenCLIP-H text encoder, v-prediction, 768 px) "
-                         "with random weights")
-def _sd21_random(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackbone:
-    return from_config_dir(CONFIG_DIR / "sd21", seed=seed, name="sd21-random", **kw)
-
-
-@register("tiny", "a tiny SD-architecture (UNet+VAE+CLIP text, 32 px) with random weights, for tests and CPU runs")
-def _tiny(seed: int = 0, path: str | None = None, **kw) -> DiffusersBackbone:
-    return from_config_dir(CONFIG_DIR / "tiny", seed=seed, name="tiny", **kw)
-
-
-from bench import backbones_sdxl  # noqa: E402,F401  (registers the SDXL family: its own module)
+from bench.backbones import sd, sdxl  # noqa: E402,F401  (each family registers its backbones)
+from bench.backbones.sd import from_config_dir, from_pretrained  # noqa: E402,F401
