@@ -40,7 +40,7 @@ def main() -> None:
     catalog.load_registries()
     bb = backbones.create("tiny", resolution=args.resolution, lora_rank=4)
     m = methods.create("ddpo", bb, rewards.create("jpeg-compressibility"), num_steps=args.steps, guidance_scale=5.0,
-                       eta=1.0, minibatch_size=args.batch)
+                       eta=1.0, minibatch_size=args.batch, reuse_sampling_graph=False)  # every term recomputed
     prompts = ["a red cat", "a blue dog", "a green bird", "a bowl of fruit"][: args.batch] * max(1, args.batch // 4)
     per_row = type(m).transition_log_probs
     times = {"per-row": [], "grouped": []}
