@@ -246,7 +246,7 @@ class DDPO(Method):
                         totals["approx_kl"] = totals["approx_kl"] + info["approx_kl"]
                         totals["clipfrac"] = totals["clipfrac"] + info["clipfrac"]
                         terms += 1
-                    if first:
+                    if first and through_sampling.requires_grad:  # no kept step drawn (timestep_fraction < 1)
                         through_sampling.backward()
                     last = epoch == c.inner_epochs - 1 and m == minibatches - 1
                     if not last:  # the last minibatch's gradient is applied by Method.step (clip + optimiser step)
