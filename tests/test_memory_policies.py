@@ -136,3 +136,12 @@ def test_alignprop_auto_holds_the_last_gradient_steps(monkeypatch):
     monkeypatch.setattr(memory, "activation_budget", lambda device: 250)  # two calls fit
     plan = m.plans(m.draw_grad_steps(), 2)
     assert [(p.grad, p.checkpoint) for p in plan] == [(False, False)] * 2 + [(True, True)] * 2 + [(True, False)] * 2
+
+
+def test_ddpo_partial_reuse_survives_steps_that_draw_no_kept_transition(monkeypatch):
+    """timestep_fraction < 1 with one kept step: some steps train no kept (row, step) pair; they recompute only."""
+    m = _ddpo(timestep_fraction=0.25)
+    m._call_bytes = {len(PROMPTS): 1}
+    monkeypatch.setattr(memory, "activation_budget", lambda device: 1)
+    reused = [m.step(PROMPTS)["reused_terms"] for _ in range(6)]
+    assert 0 in reused and max(reused) > 0
