@@ -86,6 +86,23 @@ def check_backbone_dir(name: str, path: str | None) -> None:
                          f"missing {', '.join(d + '/' for d in missing)}")
 
 
+def check_vae_path(backbone: str, path: str | None) -> None:
+    """``--vae-path`` on a pixel-space backbone, or a local path that is not an AutoencoderKL directory (its
+    ``config.json``, or a pipeline directory's ``vae/config.json``): one line now, before any model loads."""
+    from pathlib import Path
+
+    if not path:
+        return
+    if RESOLUTION.get(backbone, 0) < 0:
+        raise UsageError(f"--vae-path: {backbone} is a pixel-space model; it has no VAE to replace")
+    local = Path(path).expanduser()
+    if path.startswith((".", "/", "~")) and not local.exists():
+        raise UsageError(f"--vae-path {path!r} not found: give an AutoencoderKL directory or a hub id")
+    if local.exists():
+        if not ((local / "config.json").is_file() or (local / "vae" / "config.json").is_file()):
+            raise UsageError(f"--vae-path {path}: not an AutoencoderKL directory (no config.json, no vae/config.json)")
+
+
 def check_hub_backbone(name: str, path: str | None) -> None:
     """A hub backbone with no local path, not in the local cache, on an offline machine: one line now (milliseconds
     with ``HF_HUB_OFFLINE``, at most a 2 s connection probe otherwise), not a minute of retries later."""

@@ -42,7 +42,7 @@ def read_prompts(name_or_path: str) -> list[str]:
 
 #: fields added after results were committed: left out of a cell's identity while at their default (None), so the
 #: ids of existing cells do not change
-OPTIONAL_IDENTITY = ("resolution",)
+OPTIONAL_IDENTITY = ("resolution", "vae_path")
 
 
 @dataclass
@@ -70,6 +70,8 @@ class CellSpec:
     device: str = "cpu"
     dtype: str = "fp32"
     backbone_path: str | None = None
+    #: an AutoencoderKL replacing the backbone's VAE (e.g. an fp16-fixed SDXL VAE); None: the backbone's own
+    vae_path: str | None = None
     #: image size (height = width) for latent backbones; None: the backbone's own (512 for SD 1.5)
     resolution: int | None = None
     lora_rank: int = 4
@@ -255,7 +257,8 @@ def build(spec: CellSpec):
                         for n, kw in eval_specs.items()}
     backbone = backbones.create(spec.backbone, device=spec.device, dtype=spec.dtype, lora_rank=spec.lora_rank,
                                 **({"path": spec.backbone_path} if spec.backbone_path else {}),
-                                **({"resolution": spec.resolution} if spec.resolution else {}))
+                                **({"resolution": spec.resolution} if spec.resolution else {}),
+                                **({"vae_path": spec.vae_path} if spec.vae_path else {}))
     train_reward = train_reward.to(backbone.device)
     eval_rewards = {n: r.to(backbone.device) for n, r in eval_rewards.items()}
     method = methods.create(spec.method, backbone, train_reward, seed=spec.seed, protocol=spec.protocol,

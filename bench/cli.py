@@ -42,6 +42,8 @@ def add_run_parser(sub) -> None:
     p.add_argument("--reward-arg", action="append", metavar="KEY=VALUE", help="reward constructor argument (one cell)")
     p.add_argument("--backbone", default=None, help="backbone name (see `bench list`)")
     p.add_argument("--backbone-path", default=None, help="local diffusers directory (or hub id) for the backbone")
+    p.add_argument("--vae-path", default=None, help="an AutoencoderKL (local directory or hub id) replacing the "
+                   "backbone's VAE, e.g. madebyollin/sdxl-vae-fp16-fix to decode SDXL in fp16")
     p.add_argument("--seed", default=None, help="exactly this one seed (e.g. --seed 1)")
     p.add_argument("--seeds", default=None, help="several seeds: a count (--seeds 3 = 0,1,2) or a list (0,4,7)")
     p.add_argument("--budget", type=int, default=None, help="training samples per cell")
@@ -140,6 +142,7 @@ def precheck_run(args) -> None:
         catalog.check_resolution(name, args.resolution)
         catalog.check_hub_backbone(name, args.backbone_path)
         catalog.check_backbone_dir(name, args.backbone_path)
+        catalog.check_vae_path(name, args.vae_path)
     for name, kwargs in _rewards_used(args, grid):
         catalog.check_hub_reward(name, kwargs)
     if grid:
@@ -241,7 +244,7 @@ def cmd_run(args) -> int:
         preset = None
     reward_kwargs = check_reward_args(reward_name, args.reward_kwargs) if args.reward_kwargs else None
     changes: dict[str, Any] = {}
-    for key in ("batch_size", "eval_every", "dtype", "backbone_path", "resolution"):
+    for key in ("batch_size", "eval_every", "dtype", "backbone_path", "resolution", "vae_path"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.count_flops:

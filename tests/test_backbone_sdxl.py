@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from bench import backbones, catalog
+from bench.cli import main
 from methods.sampling import sample
 
 PROMPTS = ["a red circle on a blue square", "a green triangle"]
@@ -84,7 +85,6 @@ def test_export_backbone_writes_an_sdxl_pipeline_that_sdxl_backbone_path_reads(t
 
     from diffusers import StableDiffusionXLPipeline
 
-    from bench.cli import main
 
     out = tmp_path / "xl"
     assert main(["export-backbone", "tiny-xl", str(out)]) == 0
@@ -160,3 +160,58 @@ def test_fdxl_reference_plans_drtune_on_sdxl_with_hpsv21():
     specs, _ = grid.plan(presets.get("sdxl"), methods="drtune", tasks="hpsv2", protocol="reference")
     assert {(s.backbone, s.method, s.reward, s.protocol) for s in specs} == {("sdxl", "drtune", "hpsv2", "reference")}
     assert all(s.reward_kwargs.get("version") == "2.1" for s in specs)
+
+
+def _save_vae(directory, **changes):
+    import json
+
+    from diffusers import AutoencoderKL
+
+    from bench.backbones import CONFIG_DIR
+
+    config = {**json.loads((CONFIG_DIR / "tiny-xl" / "vae.json").read_text()), **changes}
+    torch.manual_seed(7)
+    vae = AutoencoderKL.from_config(config)
+    vae.save_pretrained(directory)
+    return vae
+
+
+def test_an_fp16_fixed_vae_by_path_decodes_in_fp16_to_finite_images(tmp_path):
+    """An fp16-fixed VAE (config force_upcast false, as madebyollin/sdxl-vae-fp16-fix) given by --vae-path replaces
+    the backbone's: its weights are loaded, it stays in fp16, and it decodes to finite images."""
+    fixed = _save_vae(tmp_path / "vae-fix", force_upcast=False)
+    bb = backbones.create("tiny-xl", lora_rank=None, dtype="fp16", vae_path=str(tmp_path / "vae-fix"))
+    mine = dict(bb.vae.named_parameters())
+    assert all(p.dtype == torch.float16 for p in mine.values())
+    for name, p in fixed.named_parameters():
+        assert torch.equal(mine[name].float(), p.half().float()), name
+    with torch.no_grad():
+        images = bb.decode(torch.randn(bb.latent_shape(2)))
+    assert images.dtype == torch.float32 and torch.isfinite(images).all()
+    # a pipeline directory's vae/ is found too; a VAE of another latent space is refused
+    _save_vae(tmp_path / "pipe" / "vae", latent_channels=8)
+    with pytest.raises(backbones.BackboneError, match="latent_channels"):
+        backbones.create("tiny-xl", lora_rank=None, vae_path=str(tmp_path / "pipe"))
+
+
+def test_vae_path_joins_a_cells_identity_only_when_given():
+    """A cell with another VAE is another cell; cells without one keep the identity they had before the option."""
+    import dataclasses
+
+    from bench.cell import CellSpec
+
+    base = CellSpec(method="draft-1", backbone="tiny-xl", reward="compressibility")
+    assert base.cell_id == dataclasses.replace(base, vae_path=None).cell_id
+    assert base.cell_id != dataclasses.replace(base, vae_path="madebyollin/sdxl-vae-fp16-fix").cell_id
+
+
+@pytest.mark.parametrize("backbone,path,message", [
+    ("shapes", "madebyollin/sdxl-vae-fp16-fix", "pixel-space model"),
+    ("tiny-xl", "/no/such/vae", "not found"),
+    ("tiny-xl", "{tmp}", "not an AutoencoderKL directory"),
+])
+def test_bad_vae_path_is_one_line_and_exit_2(tmp_path, capsys, backbone, path, message):
+    code = main(["run", "--method", "draft-1", "--task", "compressibility", "--backbone", backbone, "--vae-path",
+                 path.format(tmp=tmp_path), "--budget", "2", "--batch-size", "2", "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

@@ -77,11 +77,14 @@ class DiffusersBackbone(nn.Module):
 
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, *, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32, lora_rank: int | None = 4, lora_alpha: float | None = None,
-                 gradient_checkpointing: bool = False, name: str = "diffusers", resolution: int | None = None):
+                 gradient_checkpointing: bool = False, name: str = "diffusers", resolution: int | None = None,
+                 vae_path: str | None = None):
         super().__init__()
         self.name = name
         self.device = torch.device(device)
         self.dtype = parse_dtype(dtype)
+        if vae_path is not None:
+            vae = load_vae(vae_path, vae, name)
         self.unet, self.text_encoder, self.tokenizer, self.scheduler, self.vae = unet, text_encoder, tokenizer, scheduler, vae
         for module in (unet, text_encoder, vae):
             if module is not None:
@@ -291,6 +294,26 @@ def part_loader(path_or_id: str, *, revision: str | None = None, name: str | Non
 
 REGISTRY = Registry("backbone", BackboneError)
 register, available, describe = REGISTRY.register, REGISTRY.available, REGISTRY.describe
+
+
+def load_vae(path: str, current, backbone: str):
+    """An ``AutoencoderKL`` (local directory or hub id; a pipeline directory's ``vae/`` too) that replaces
+    ``backbone``'s own, e.g. an fp16-fixed SDXL VAE (madebyollin/sdxl-vae-fp16-fix, whose config says
+    ``force_upcast: false``, so it decodes in fp16). It must have the same latent space: channels and downsampling."""
+    from diffusers import AutoencoderKL
+
+    if current is None:
+        raise BackboneError(f"--vae-path: {backbone} is a pixel-space model; it has no VAE to replace")
+    sub = Path(path).expanduser()
+    vae = AutoencoderKL.from_pretrained(str(sub), subfolder="vae" if (sub / "vae" / "config.json").is_file() else None)
+    for key in ("latent_channels", "block_out_channels"):
+        mine, theirs = current.config[key], vae.config[key]
+        if key == "block_out_channels":
+            mine, theirs = len(mine), len(theirs)
+        if mine != theirs:
+            raise BackboneError(f"--vae-path {path}: its {key} ({theirs}) differs from {backbone}'s VAE ({mine}); "
+                                f"it would not decode this model's latents")
+    return vae
 
 
 def create(name: str, **kw) -> DiffusersBackbone:
