@@ -12,8 +12,12 @@ import json
 import math
 import platform
 import resource
+import os
+import signal
 import subprocess
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -79,6 +83,9 @@ class CellSpec:
     results_dir: str = "results"
     save_lora: bool = True
     save_images: bool = True
+    #: also save the cell's resumable state every this many minutes of training (it is always saved at every
+    #: evaluation); None: at evaluations only. Not part of the identity: it changes when, not what
+    checkpoint_minutes: float | None = None
     #: reward whose image tower embeds evaluation images for the diversity metric (default: the first eval reward
     #: that has one, else pixels); does not change training, so it is not part of the cell's identity
     diversity_reward: str | None = None
@@ -111,7 +118,8 @@ class CellSpec:
     def cell_id(self) -> str:
         """Deterministic identity: readable parts plus a hash of everything that changes the result."""
         keyed = {k: v for k, v in dataclasses.asdict(self).items()
-                 if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward", "count_flops")
+                 if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward", "count_flops",
+                              "checkpoint_minutes")
                  and not (k in OPTIONAL_IDENTITY and v is None)}
         digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.backbone}__{self.task or self.reward}__{self.method}__s{self.seed}__{digest}"
@@ -266,8 +274,63 @@ def build(spec: CellSpec):
     return backbone, train_reward, eval_rewards, method, note
 
 
-def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict, list[dict]]:
-    """Train and evaluate one cell. Returns (row, curve points). Never raises for a NaN: the row says ``nan``."""
+def finish_cell(spec: CellSpec) -> None:
+    """After the cell's row is written: its resumable state is no longer needed."""
+    (spec.cell_dir() / STATE_FILE).unlink(missing_ok=True)
+
+
+class Preempted(Exception):
+    """SIGTERM reached a training cell: its state is saved (``resume.pt``) and the same command resumes it."""
+
+
+STATE_FILE = "resume.pt"
+
+
+@contextmanager
+def _sigterm_flag():
+    """While training, SIGTERM (what Slurm sends before preempting a job) sets a flag the loop reads after each
+    step, instead of killing the process mid-step. Only the main thread can install a handler; elsewhere a no-op."""
+    flag = {"set": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["set"] = True
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    """Atomic: a kill during the write leaves the previous state intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_state(spec: CellSpec) -> dict[str, Any] | None:
+    path = spec.cell_dir() / STATE_FILE
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    return state if state.get("cell_id") == spec.cell_id else None
+
+
+def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | None = None, *,
+             resume: bool = True) -> tuple[dict, list[dict]]:
+    """Train and evaluate one cell. Returns (row, curve points). Never raises for a NaN: the row says ``nan``.
+
+    The cell's whole state (LoRA, optimiser, generators, the method's own state such as DDPO's reward buffers, the
+    curve so far) is saved atomically to ``cell_dir/resume.pt`` at every evaluation and every
+    ``spec.checkpoint_minutes``; with ``resume`` a run finds it and continues from there, bit for bit as the
+    uninterrupted run would have. SIGTERM during training saves the state after the current step and raises
+    ``Preempted``. The state file is removed once the cell has finished (``finish_cell``).
+    """
     torch.manual_seed(spec.seed)
     start = time.perf_counter()
     if spec.device.startswith("cuda"):  # TF32 for the fp32 matmuls (LoRA, the sampler's arithmetic); SDPA attention
@@ -299,7 +362,6 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
     train_time = 0.0
     if backbone.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(backbone.device)
-    evaluate(0, 0)
     rng = torch.Generator().manual_seed(spec.seed)
     status, message = "ok", note or ""
     next_eval = spec.eval_every
@@ -308,33 +370,73 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
     n_steps = 0          # step() calls (one batch each)
     optimizer_steps = 0  # optimiser updates: DDPO takes several per batch (its metrics say how many)
     last_metrics: dict[str, Any] = {}
-    while method.total_samples < spec.budget:
-        idx = torch.randint(len(spec.train_prompts), (spec.batch_size,), generator=rng).tolist()
-        t0 = time.perf_counter()
-        counted = spec.count_flops and n_steps == 0
-        if counted:
-            from torch.utils.flop_counter import FlopCounterMode
+    state_path = spec.cell_dir() / STATE_FILE
+    saved = load_state(spec) if resume else None
+    resumed_at = None
+    if saved is not None:
+        method.load_state_dict(saved["method"])
+        rng.set_state(saved["prompt_rng"])
+        torch.set_rng_state(saved["torch_rng"])
+        if saved.get("cuda_rng") is not None and backbone.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda_rng"], backbone.device)
+        curve[:] = saved["curve"]
+        eval_images.update(saved["eval_images"])
+        train_time, totals, next_eval = saved["train_time"], saved["totals"], saved["next_eval"]
+        n_steps, optimizer_steps = saved["n_steps"], saved["optimizer_steps"]
+        flops_per_sample, counted_samples = saved["flops_per_sample"], saved["counted_samples"]
+        resumed_at = method.total_samples
+        message = "; ".join(m for m in (message, f"resumed at {resumed_at} samples") if m)
+    else:
+        evaluate(0, 0)
 
-            with FlopCounterMode(display=False) as counter:
+    def checkpoint() -> None:
+        save_state(state_path, {
+            "cell_id": spec.cell_id, "code_version": code_version(), "method": method.state_dict(),
+            "prompt_rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(backbone.device) if backbone.device.type == "cuda" else None,
+            "curve": curve, "eval_images": {k: v.cpu() for k, v in eval_images.items()}, "train_time": train_time,
+            "totals": totals, "next_eval": next_eval, "n_steps": n_steps, "optimizer_steps": optimizer_steps,
+            "flops_per_sample": flops_per_sample, "counted_samples": counted_samples})
+
+    every_s = spec.checkpoint_minutes * 60 if spec.checkpoint_minutes else math.inf
+    last_save = time.perf_counter()
+    with _sigterm_flag() as sigterm:
+        while method.total_samples < spec.budget:
+            idx = torch.randint(len(spec.train_prompts), (spec.batch_size,), generator=rng).tolist()
+            t0 = time.perf_counter()
+            counted = spec.count_flops and n_steps == 0
+            if counted:
+                from torch.utils.flop_counter import FlopCounterMode
+
+                with FlopCounterMode(display=False) as counter:
+                    last_metrics = method.step([spec.train_prompts[i] for i in idx])
+                flops_per_sample = counter.get_total_flops() / max(1, int(last_metrics["samples"]))
+                counted_samples = int(last_metrics["samples"])
+            else:
                 last_metrics = method.step([spec.train_prompts[i] for i in idx])
-            flops_per_sample = counter.get_total_flops() / max(1, int(last_metrics["samples"]))
-            counted_samples = int(last_metrics["samples"])
-        else:
-            last_metrics = method.step([spec.train_prompts[i] for i in idx])
-            train_time += time.perf_counter() - t0
-        n_steps += 1
-        optimizer_steps += int(last_metrics.get("optimizer_steps", 1))
-        for k, v in last_metrics.items():
-            if k.startswith("time_") and not counted:
-                totals[k] = totals.get(k, 0.0) + v
-        if not math.isfinite(float(last_metrics.get("loss", 0.0))):
-            status, message = "nan", f"non-finite loss at optimiser step {n_steps}"
-            break
-        if method.total_samples >= next_eval and method.total_samples < spec.budget:
-            point = evaluate(method.total_samples, method.total_reward_queries)
-            next_eval = (method.total_samples // spec.eval_every + 1) * spec.eval_every
-            if on_progress:
-                on_progress({"samples": method.total_samples, "reward": point[f"{headline}_mean"]})
+                train_time += time.perf_counter() - t0
+            n_steps += 1
+            optimizer_steps += int(last_metrics.get("optimizer_steps", 1))
+            for k, v in last_metrics.items():
+                if k.startswith("time_") and not counted:
+                    totals[k] = totals.get(k, 0.0) + v
+            if not math.isfinite(float(last_metrics.get("loss", 0.0))):
+                status, message = "nan", f"non-finite loss at optimiser step {n_steps}"
+                break
+            if method.total_samples >= next_eval and method.total_samples < spec.budget:
+                point = evaluate(method.total_samples, method.total_reward_queries)
+                next_eval = (method.total_samples // spec.eval_every + 1) * spec.eval_every
+                if on_progress:
+                    on_progress({"samples": method.total_samples, "reward": point[f"{headline}_mean"]})
+                checkpoint()
+                last_save = time.perf_counter()
+            elif time.perf_counter() - last_save > every_s:
+                checkpoint()
+                last_save = time.perf_counter()
+            if sigterm["set"]:
+                checkpoint()
+                raise Preempted(f"SIGTERM at {method.total_samples} of {spec.budget} samples: state saved in "
+                                f"{state_path}; the same command resumes it")
     final = evaluate(method.total_samples, method.total_reward_queries)
     if spec.save_images:
         save_eval_grid(spec.cell_dir() / "eval.png", eval_images, evaluator.prompts, curve[0], final, headline,

@@ -208,7 +208,7 @@ def cmd_run(args) -> int:
     import dataclasses
 
     from bench import grid, presets, tasks
-    from bench.cell import CellSpec, run_cell
+    from bench.cell import CellSpec, Preempted, finish_cell, run_cell
     from bench.results import append_rows, read_csv
 
     settings = dict(args.method_settings)
@@ -262,12 +262,18 @@ def cmd_run(args) -> int:
               f"  {protocol_note}; budget {spec.budget} samples, batch {spec.batch_size}, evaluation every "
               f"{spec.eval_every} samples on {len(spec.eval_prompts)} prompts x {spec.eval_images_per_prompt} "
               f"images; device {spec.device}", flush=True)
-        row, curve = run_cell(spec, on_progress=lambda p: print(
-            f"  samples {p['samples']:>5}  eval reward {p['reward']:.4f}", flush=True))
+        try:
+            row, curve = run_cell(spec, on_progress=lambda p: print(
+                f"  samples {p['samples']:>5}  eval reward {p['reward']:.4f}", flush=True))
+        except Preempted as err:
+            append_rows(out / "cells.csv", [grid.failure_row(spec, "preempted", str(err))], key=["cell_id"])
+            print(f"  preempted: {err}", flush=True)
+            return 143
         if row["message"]:
             print(f"  note: {row['message']}")
         append_rows(out / "curves.csv", curve, key=["cell_id", "samples"])
         append_rows(out / "cells.csv", [row], key=["cell_id"])
+        finish_cell(spec)
         print(f"  {row['status']}: {row['eval_reward']} {row['reward_initial']:.4f} -> {row['reward_final']:.4f} "
               f"in {row['train_wall_s']:.1f}s training ({row['samples_per_s']:.2f} samples/s, "
               f"peak {row['peak_mem_mb']:.0f} MB); row appended to {out / 'cells.csv'}; images in {spec.cell_dir()}",

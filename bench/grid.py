@@ -37,7 +37,13 @@ from bench.args import (UsageError, check_typed, config_hints, factory_hints, pa
 from bench.results import append_rows, read_csv, write_atomic
 
 FINISHED = ("ok", "nan")
-FAILED = ("error", "oom", "crashed")
+FAILED = ("error", "oom", "crashed", "preempted")  # tried again by the next run (a preempted cell resumes mid-way)
+#: seconds the grid waits, after SIGTERM, for its cells to save their state before it kills them
+PREEMPT_GRACE_S = float(os.environ.get("BENCH_PREEMPT_GRACE_S", "120"))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM reached the grid: its cells are asked to save their state (SIGTERM) rather than stop (SIGINT)."""
 
 
 class GridError(UsageError):
@@ -262,7 +268,7 @@ def _die_with_parent() -> None:
             pass
 
 
-def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
+def _cell_process(spec, events, threads: int, plugins: Sequence[str], resume: bool = True) -> None:
     """Runs in the child: train and evaluate one cell, append its curve then its row, report progress."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -278,7 +284,7 @@ def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
     torch.set_num_threads(max(1, threads))
     for name in plugins:
         importlib.import_module(name)
-    from bench.cell import run_cell
+    from bench.cell import Preempted, finish_cell, run_cell
 
     out = Path(spec.results_dir) / spec.suite
     if spec.weights_version and weights_version(spec.backbone, weights_rewards(dataclasses.asdict(spec))) \
@@ -294,10 +300,15 @@ def _cell_process(spec, events, threads: int, plugins: Sequence[str]) -> None:
         events.put(("progress", spec.cell_id, p["samples"], p["reward"]))
 
     try:
-        row, curve = run_cell(spec, on_progress=progress)
+        row, curve = run_cell(spec, on_progress=progress, resume=resume)
         append_rows(out / "curves.csv", curve, key=["cell_id"])
         append_rows(out / "cells.csv", [row], key=["cell_id"])
+        finish_cell(spec)
         events.put(("done", spec.cell_id, row["status"], row.get("reward_final")))
+    except Preempted as err:
+        append_rows(out / "cells.csv", [failure_row(spec, "preempted", str(err), time.perf_counter() - start)],
+                    key=["cell_id"])
+        events.put(("done", spec.cell_id, "preempted", None))
     except KeyboardInterrupt:
         os._exit(130)  # no row: the cell is not finished (its curve rows, if any, are replaced on the rerun)
     except BaseException as err:  # noqa: BLE001 - any failure is the cell's result, not the grid's
@@ -398,7 +409,7 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
             while pending or running:
                 while pending and len(running) < max(1, jobs):
                     spec = pending.pop(0)
-                    proc = ctx.Process(target=_cell_process, args=(spec, events, threads, list(plugins)),
+                    proc = ctx.Process(target=_cell_process, args=(spec, events, threads, list(plugins), resume),
                                        name=f"cell-{spec.cell_id}")
                     proc.start()
                     running[spec.cell_id] = (proc, spec, time.perf_counter())
@@ -436,15 +447,20 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
                 current = "; ".join(last_reward.get(c, f"{s.method} on {s.task}: starting")
                                     for c, (_, s, _) in running.items())
                 bar.update(task_id, current=current)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as err:
+            # Ctrl-C stops the cells (no rows; their last saved state stays for the next run); SIGTERM asks them to
+            # save their state after the current step and record themselves `preempted`
+            preempt = isinstance(err, Terminated)
             for proc, _, _ in running.values():
                 if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGINT)
+                    os.kill(proc.pid, signal.SIGTERM if preempt else signal.SIGINT)
+            deadline = time.perf_counter() + (PREEMPT_GRACE_S if preempt else 30)
             for proc, _, _ in running.values():
-                proc.join(timeout=30)
+                proc.join(timeout=max(0.0, deadline - time.perf_counter()))
                 if proc.is_alive():
                     proc.kill()
                     proc.join()
+            _drain(events, results, console)
             raise
     return {"ran": len(todo), "skipped": skipped, "results": results, "wall_s": time.perf_counter() - start}
 
@@ -537,8 +553,9 @@ def run_from_args(args) -> int:
     started = time.time()
     interrupted = False
 
-    def _terminate(signum, frame):  # SIGTERM (job schedulers, `kill`) stops the grid like Ctrl-C
-        raise KeyboardInterrupt
+    def _terminate(signum, frame):  # SIGTERM (job schedulers before preemption, `kill`): cells save and stop
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a scheduler may signal again while the cells save
+        raise Terminated
 
     signal.signal(signal.SIGTERM, _terminate)
     summary: dict[str, Any] = {}

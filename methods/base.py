@@ -7,6 +7,7 @@ several times (DDPO's inner PPO loop).
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from contextlib import contextmanager
@@ -84,6 +85,9 @@ class Method:
     needs_gradient_reward: bool = True
     #: overrides that turn the shared protocol into the original paper's ("reference" protocol)
     REFERENCE: dict[str, Any] = {}
+    #: what a resumed method needs besides its parameters, optimiser and generator (picklable attributes): the
+    #: counters, and what the "auto" memory policies measured (so a resumed run plans its memory as the first did)
+    STATE_ATTRS: tuple[str, ...] = ("total_samples", "total_reward_queries", "_call_bytes")
 
     def __init__(self, backbone: Backbone, reward: torch.nn.Module, config: MethodConfig | None = None, *,
                  seed: int = 0, **overrides):
@@ -120,6 +124,27 @@ class Method:
     @classmethod
     def check_batch(cls, batch_size: int) -> None:
         """Raise ``MethodError`` where a batch size makes this method's update identically zero."""
+
+    # ------------------------------------------------------------------------------------------- resuming
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the next ``step`` depends on: the LoRA weights, the optimiser, the generator that draws every
+        random choice (noise, timesteps, stop steps), and ``STATE_ATTRS``. ``load_state_dict`` of it into a fresh
+        method of the same cell continues bit for bit as this one would."""
+        return {"params": [p.detach().cpu().clone() for p in self.params], "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(),
+                "attrs": {k: copy.deepcopy(getattr(self, k)) for k in self.STATE_ATTRS}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        shapes = [tuple(p.shape) for p in self.params]
+        if [tuple(v.shape) for v in state["params"]] != shapes:
+            raise MethodError(f"{self.name}: the saved state's LoRA parameters do not match this method's")
+        with torch.no_grad():
+            for p, v in zip(self.params, state["params"]):
+                p.copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        for k, v in state["attrs"].items():
+            setattr(self, k, v)
 
     # --------------------------------------------------------------------------------------------- helpers
     def noise(self, batch_size: int) -> torch.Tensor:

@@ -116,6 +116,8 @@ class DDPO(Method):
     REFERENCE = dict(num_steps=50, guidance_scale=5.0, eta=1.0, sampler="ddim", lr=3e-4, weight_decay=1e-4,
                      grad_clip=1.0, clip_range=1e-4, adv_clip_max=5.0)
 
+    STATE_ATTRS = Method.STATE_ATTRS + ("tracker",)  # the per-prompt reward buffers carry across epochs
+
     @classmethod
     def check_batch(cls, batch_size: int) -> None:
         if batch_size < 2:
