@@ -69,6 +69,8 @@ def add_run_parser(sub) -> None:
                    "for a --reward cell)")
     p.add_argument("--results-dir", default="runs", help="where runs are written (default: runs/, untracked; the "
                    "committed reference results are in results/)")
+    p.add_argument("--checkpoint-minutes", type=float, default=None, help="also save each cell's resumable state "
+                   "every N minutes of training (it is always saved at every evaluation)")
     p.add_argument("--no-resume", action="store_true", help="grid: rerun cells that already finished")
     p.add_argument("--shard", default=None, help="grid: run shard i of n, as i/n")
     p.add_argument("--limit", type=int, default=None, help="grid: run at most N cells")
@@ -131,6 +133,8 @@ def precheck_run(args) -> None:
             raise UsageError(f"{flag} must be >= 0, got {value}")
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    if args.checkpoint_minutes is not None and not args.checkpoint_minutes > 0:
+        raise UsageError(f"--checkpoint-minutes must be > 0, got {args.checkpoint_minutes}")
     if args.dtype is not None and args.dtype not in catalog.DTYPES:
         raise UsageError(f"--dtype {args.dtype!r}: valid: {', '.join(catalog.DTYPES)}")
     if args.device is not None and not _DEVICE.match(args.device):
@@ -244,7 +248,7 @@ def cmd_run(args) -> int:
         preset = None
     reward_kwargs = check_reward_args(reward_name, args.reward_kwargs) if args.reward_kwargs else None
     changes: dict[str, Any] = {}
-    for key in ("batch_size", "eval_every", "dtype", "backbone_path", "resolution", "vae_path"):
+    for key in ("batch_size", "eval_every", "dtype", "backbone_path", "resolution", "vae_path", "checkpoint_minutes"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.count_flops:
@@ -485,6 +489,7 @@ EXTRA_COMMANDS = [
     ("testbed", "bench.testbed.cli", "train the shapes testbed's models, measure its quality gates"),
     ("leaderboard", "bench.leaderboard", "rebuild markdown tables and plots from a results directory"),
     ("compare", "bench.compare", "compare two cells.csv files; exit 1 on a regression"),
+    ("merge", "bench.merge", "merge grid shards' results (--shard i/n, Slurm arrays) into one directory"),
     ("lora-sweep", "bench.lora_sweep", "evaluate LoRA scales and mixtures"),
 ]
 
