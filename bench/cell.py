@@ -110,6 +110,9 @@ class CellSpec:
             factory.check_batch(self.batch_size)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
+        if self.device.startswith("cuda:") and int(self.device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device {self.device!r} does not exist: this machine has {torch.cuda.device_count()} "
+                             f"CUDA device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         if self.device.startswith("cuda") and self.dtype == "bf16" and not torch.cuda.is_bf16_supported():
             raise ValueError(f"dtype bf16 is not supported by {torch.cuda.get_device_name(self.device)} "
                              f"(compute capability < 8.0): use --dtype fp16 or fp32")
@@ -117,7 +120,7 @@ class CellSpec:
     @property
     def cell_id(self) -> str:
         """Deterministic identity: readable parts plus a hash of everything that changes the result."""
-        keyed = {k: v for k, v in dataclasses.asdict(self).items()
+        keyed = {k: (torch.device(v).type if k == "device" else v) for k, v in dataclasses.asdict(self).items()
                  if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward", "count_flops",
                               "checkpoint_minutes")
                  and not (k in OPTIONAL_IDENTITY and v is None)}
@@ -485,7 +488,8 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "s_per_step_reward": totals.get("time_reward", 0.0) / timed_steps,
         "s_per_step_backward": totals.get("time_backward", 0.0) / timed_steps,
         "train_wall_s": round(train_time, 2), "wall_s": round(time.perf_counter() - start, 2),
-        "device": device_name(backbone.device), "dtype": spec.dtype,
+        "device": device_name(backbone.device) + (f" ({spec.device})" if ":" in spec.device else ""),
+        "dtype": spec.dtype,
         "weights_version": spec.weights_version, "versions": library_versions(),
         "code_version": code_version(),
     }

@@ -74,13 +74,15 @@ def add_run_parser(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="grid: rerun cells that already finished")
     p.add_argument("--shard", default=None, help="grid: run shard i of n, as i/n")
     p.add_argument("--limit", type=int, default=None, help="grid: run at most N cells")
+    p.add_argument("--devices", default=None, help="grid: run one cell per device at once, e.g. cuda:0,cuda:1,cuda:2 "
+                   "(each cell on one device; see README 'Scaling out')")
     p.add_argument("--jobs", type=int, default=None, help="grid: cells run at once, each in its own process "
                    "(default: the preset's)")
     p.add_argument("--plugins", default=None, help="comma-separated modules to import (in every grid cell), "
                    "registering extra methods, rewards or tasks")
 
 
-_DEVICE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+_DEVICE = re.compile(r"^(cpu(:\d+)?|mps|cuda(:\d+)?)$")
 
 
 def _looks_local(path: str) -> bool:
@@ -153,8 +155,17 @@ def precheck_run(args) -> None:
         from bench.args import parse_shard
 
         parse_shard(args.shard)
-    elif args.shard or args.limit or args.jobs or args.no_resume:
-        raise UsageError("run: --shard, --limit, --jobs and --no-resume apply to a grid (add --grid)")
+    elif args.shard or args.limit or args.jobs or args.no_resume or args.devices:
+        raise UsageError("run: --shard, --limit, --jobs, --devices and --no-resume apply to a grid (add --grid)")
+    if args.devices is not None:
+        devices = [d.strip() for d in args.devices.split(",") if d.strip()]
+        bad = [d for d in devices if not _DEVICE.match(d)]
+        if not devices or bad:
+            raise UsageError(f"--devices {args.devices!r}: a comma-separated list of cpu, cuda:N, mps")
+        if args.device is not None:
+            raise UsageError("--device and --devices: give one (--devices assigns each cell a device of its list)")
+        if args.jobs is not None and args.jobs != len(devices):
+            raise UsageError(f"--jobs {args.jobs} with {len(devices)} --devices: one cell runs per device")
 
 
 def _backbones_used(args, grid: bool) -> set[str]:

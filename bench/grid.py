@@ -377,8 +377,9 @@ def _context(device: str):
 
 # ------------------------------------------------------------------------------------------------- the runner
 def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, plugins: Sequence[str] = (),
-             console=None) -> dict[str, Any]:
-    """Run the cells not yet finished; returns a summary. Cells run ``jobs`` at a time, each in its own process."""
+             console=None, devices: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the cells not yet finished; returns a summary. Cells run ``jobs`` at a time, each in its own process;
+    with ``devices``, one cell per device at once, each cell given a free device of the list."""
     from rich.console import Console
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                TimeRemainingColumn)
@@ -389,7 +390,10 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
     skipped = len(specs) - len(todo)
     if skipped:
         console.print(f"resume: {skipped} of {len(specs)} cells already finished in {out_dir}/cells.csv; skipping them")
-    ctx = _context(todo[0].device if todo else "cpu")
+    free_devices = list(devices or [])
+    if free_devices:
+        jobs = len(free_devices)
+    ctx = _context(free_devices[0] if free_devices else todo[0].device if todo else "cpu")
     if ctx.get_start_method() == "fork":
         console.print(f"pre-imported the libraries for every cell in {warm_imports():.1f} s")
     events = ctx.Queue()
@@ -409,6 +413,8 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
             while pending or running:
                 while pending and len(running) < max(1, jobs):
                     spec = pending.pop(0)
+                    if free_devices:
+                        spec = dataclasses.replace(spec, device=free_devices.pop(0))
                     proc = ctx.Process(target=_cell_process, args=(spec, events, threads, list(plugins), resume),
                                        name=f"cell-{spec.cell_id}")
                     proc.start()
@@ -429,6 +435,8 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
                         continue
                     proc.join()
                     del running[cell_id]
+                    if devices:
+                        free_devices.append(spec.device)
                     _drain(events, results, console)
                     if cell_id not in results:
                         results.update(_row_status(out_dir, cell_id))
@@ -534,8 +542,15 @@ def run_from_args(args) -> int:
     specs = shard(specs, i, n)
     if args.limit is not None:
         specs = specs[: args.limit]
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if getattr(args, "devices", None) else None
+    if devices:
+        jobs = len(devices)
+        specs = [dataclasses.replace(s, device=devices[0]) for s in specs]
     for s in specs:
         s.validate()
+    for d in devices or []:
+        if specs:
+            dataclasses.replace(specs[0], device=d).validate()  # a device that does not exist: before any cell
     out_dir = Path(args.results_dir) / (args.suite or preset.name)
     from rich.console import Console
 
@@ -549,7 +564,8 @@ def run_from_args(args) -> int:
     info_path = out_dir / "run_info.json"
     console.print(f"grid {preset.name}: {len(specs)} cells ({len({s.method for s in specs})} methods × "
                   f"{len({s.task for s in specs})} tasks × {len({s.seed for s in specs})} seeds), budget "
-                  f"{specs[0].budget} samples, device {specs[0].device}, {jobs} at a time -> {out_dir}")
+                  f"{specs[0].budget} samples, device {', '.join(devices) if devices else specs[0].device}, {jobs} at a "
+                  f"time -> {out_dir}")
     started = time.time()
     interrupted = False
 
@@ -560,7 +576,8 @@ def run_from_args(args) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     summary: dict[str, Any] = {}
     try:
-        summary = run_grid(specs, out_dir, jobs=jobs, resume=not args.no_resume, plugins=plugins, console=console)
+        summary = run_grid(specs, out_dir, jobs=jobs, resume=not args.no_resume, plugins=plugins, console=console,
+                           devices=devices)
     except KeyboardInterrupt:
         interrupted = True
     info = {"preset": preset.name, "command": command, "machine": machine(), "protocol": args.protocol,
@@ -570,7 +587,7 @@ def run_from_args(args) -> int:
             "cells_planned": len(specs), "cells_run": summary.get("ran"), "cells_skipped_resume": summary.get("skipped"),
             "notes": notes, "started": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)),
             "wall_s": round(time.time() - started, 1), "interrupted": interrupted, "jobs": jobs,
-            "load_average": os.getloadavg()}
+            "load_average": os.getloadavg(), "devices": devices}
     previous = json.loads(info_path.read_text()) if info_path.exists() else None
     write_atomic(info_path, json.dumps(merge_run_info(previous, info), indent=1, default=str))
     if (out_dir / "cells.csv").exists():
