@@ -26,7 +26,9 @@ import torch
 
 import methods
 import rewards
+from methods import parallel
 from bench import backbones, metrics
+from methods.parallel import SINGLE, Shard
 from methods.sampling import sample
 
 PROMPT_DIR = Path(__file__).parent / "data" / "prompts"
@@ -191,30 +193,43 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 class Evaluator:
-    """Fixed prompts × fixed initial noise, deterministic DDIM (eta = 0), no gradient; scores every eval reward."""
+    """Fixed prompts × fixed initial noise, deterministic DDIM (eta = 0), no gradient; scores every eval reward.
+
+    With several processes (``shard``) each evaluates a contiguous share of the (prompt, noise) pairs and the scores
+    and images are gathered in order: every process returns the whole evaluation."""
 
     def __init__(self, backbone, eval_rewards: dict[str, torch.nn.Module], prompts: list[str], *, num_steps: int,
-                 guidance_scale: float, images_per_prompt: int, seed: int, batch_size: int = 16):
-        self.backbone, self.rewards = backbone, eval_rewards
+                 guidance_scale: float, images_per_prompt: int, seed: int, batch_size: int = 16,
+                 shard: Shard = SINGLE):
+        self.backbone, self.rewards, self.shard = backbone, eval_rewards, shard
         self.prompts = [p for p in prompts for _ in range(images_per_prompt)]
         self.num_steps, self.guidance_scale, self.batch_size = num_steps, guidance_scale, batch_size
         gen = torch.Generator().manual_seed(seed)  # CPU generator: identical noise on every device
         self.noise = torch.randn(backbone.latent_shape(len(self.prompts)), generator=gen).to(backbone.device)
+        n, w, r = len(self.prompts), shard.world, shard.rank
+        self.rows = (r * (n // w) + min(r, n % w), (r + 1) * (n // w) + min(r + 1, n % w))
 
     @torch.no_grad()
     def __call__(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         scores: dict[str, list[torch.Tensor]] = {n: [] for n in self.rewards}
         images = []
-        for i in range(0, len(self.prompts), self.batch_size):
-            prompts = self.prompts[i : i + self.batch_size]
+        lo, hi = self.rows
+        for i in range(lo, hi, self.batch_size):
+            j = min(i + self.batch_size, hi)
+            prompts = self.prompts[i:j]
             cond = self.backbone.encode_prompts(prompts)
-            out = sample(self.backbone, cond, self.noise[i : i + self.batch_size], num_steps=self.num_steps,
+            out = sample(self.backbone, cond, self.noise[i:j], num_steps=self.num_steps,
                          guidance_scale=self.guidance_scale, eta=0.0)
             imgs = self.backbone.decode(out.latents)
             for name, reward in self.rewards.items():
                 scores[name].append(reward(imgs, prompts).float().cpu())
             images.append(imgs.cpu())
-        return {n: torch.cat(v) for n, v in scores.items()}, torch.cat(images)
+        mine = ({n: torch.cat(v) if v else torch.zeros(0) for n, v in scores.items()},
+                torch.cat(images) if images else torch.zeros(0))
+        if not self.shard.distributed:
+            return mine
+        parts = [p for p in self.shard.gather_objects(mine) if len(p[1])]
+        return {n: torch.cat([p[0][n] for p in parts]) for n in self.rewards}, torch.cat([p[1] for p in parts])
 
 
 def save_eval_grid(path: Path, eval_images: dict[str, torch.Tensor], prompts: list[str], first: dict, last: dict,
@@ -244,7 +259,7 @@ def area_under_curve(samples: list[int], values: list[float]) -> float:
     return area / (samples[-1] - samples[0])
 
 
-def build(spec: CellSpec):
+def build(spec: CellSpec, shard: Shard = SINGLE):
     """Backbone, training reward, evaluation rewards and method for a spec (validates everything first)."""
     spec.validate()
     train_reward_name, note = resolve_training_reward(spec.method, spec.reward)
@@ -273,7 +288,7 @@ def build(spec: CellSpec):
     train_reward = train_reward.to(backbone.device)
     eval_rewards = {n: r.to(backbone.device) for n, r in eval_rewards.items()}
     method = methods.create(spec.method, backbone, train_reward, seed=spec.seed, protocol=spec.protocol,
-                            **spec.method_kwargs)
+                            shard=shard, **spec.method_kwargs)
     return backbone, train_reward, eval_rewards, method, note
 
 
@@ -334,16 +349,23 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
     uninterrupted run would have. SIGTERM during training saves the state after the current step and raises
     ``Preempted``. The state file is removed once the cell has finished (``finish_cell``).
     """
+    shard = parallel.from_environment(spec.device)
+    if shard.distributed:
+        shard.span(spec.batch_size)  # a batch that does not split evenly: one line, before anything loads
+        if spec.device.startswith("cuda"):  # one GPU per process
+            spec = dataclasses.replace(spec, device=f"cuda:{os.environ.get('LOCAL_RANK', shard.rank)}")
+    lead = shard.rank == 0  # the one process that writes (state, images, LoRA); every process computes alike
     torch.manual_seed(spec.seed)
     start = time.perf_counter()
     if spec.device.startswith("cuda"):  # TF32 for the fp32 matmuls (LoRA, the sampler's arithmetic); SDPA attention
         torch.backends.cuda.matmul.allow_tf32 = True  # is diffusers' default processor
         torch.backends.cudnn.allow_tf32 = True
-    backbone, train_reward, eval_rewards, method, note = build(spec)
+    backbone, train_reward, eval_rewards, method, note = build(spec, shard)
     cfg = method.config
     evaluator = Evaluator(backbone, eval_rewards, spec.eval_prompts, num_steps=spec.eval_num_steps or cfg.num_steps,
                           guidance_scale=spec.eval_guidance_scale if spec.eval_guidance_scale is not None
-                          else cfg.guidance_scale, images_per_prompt=spec.eval_images_per_prompt, seed=spec.eval_seed)
+                          else cfg.guidance_scale, images_per_prompt=spec.eval_images_per_prompt, seed=spec.eval_seed,
+                          shard=shard)
     headline = next(iter(eval_rewards))
     curve: list[dict[str, Any]] = []
 
@@ -393,6 +415,8 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         evaluate(0, 0)
 
     def checkpoint() -> None:
+        if not lead:
+            return
         save_state(state_path, {
             "cell_id": spec.cell_id, "code_version": code_version(), "method": method.state_dict(),
             "prompt_rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
@@ -423,13 +447,16 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
             for k, v in last_metrics.items():
                 if k.startswith("time_") and not counted:
                     totals[k] = totals.get(k, 0.0) + v
-            if not math.isfinite(float(last_metrics.get("loss", 0.0))):
+            nonfinite = not math.isfinite(float(last_metrics.get("loss", 0.0)))
+            if shard.distributed:  # decisions every process takes together, or one would wait for the others
+                nonfinite, sigterm["set"] = shard.any(nonfinite, sigterm["set"])
+            if nonfinite:
                 status, message = "nan", f"non-finite loss at optimiser step {n_steps}"
                 break
             if method.total_samples >= next_eval and method.total_samples < spec.budget:
                 point = evaluate(method.total_samples, method.total_reward_queries)
                 next_eval = (method.total_samples // spec.eval_every + 1) * spec.eval_every
-                if on_progress:
+                if on_progress and lead:
                     on_progress({"samples": method.total_samples, "reward": point[f"{headline}_mean"]})
                 checkpoint()
                 last_save = time.perf_counter()
@@ -441,12 +468,12 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
                 raise Preempted(f"SIGTERM at {method.total_samples} of {spec.budget} samples: state saved in "
                                 f"{state_path}; the same command resumes it")
     final = evaluate(method.total_samples, method.total_reward_queries)
-    if spec.save_images:
+    if spec.save_images and lead:
         save_eval_grid(spec.cell_dir() / "eval.png", eval_images, evaluator.prompts, curve[0], final, headline,
                        title=f"{spec.method} on {spec.task or spec.reward}, seed {spec.seed}: {headline}")
-    if on_progress:
+    if on_progress and lead:
         on_progress({"samples": method.total_samples, "reward": final[f"{headline}_mean"]})
-    if spec.save_lora and status == "ok":
+    if spec.save_lora and status == "ok" and lead:
         backbone.save_lora(spec.cell_dir() / "lora", metadata={"cell_id": spec.cell_id, "method": spec.method,
                                                                "reward": spec.reward})
     first = curve[0]
@@ -489,6 +516,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "s_per_step_backward": totals.get("time_backward", 0.0) / timed_steps,
         "train_wall_s": round(train_time, 2), "wall_s": round(time.perf_counter() - start, 2),
         "device": device_name(backbone.device) + (f" ({spec.device})" if ":" in spec.device else ""),
+        "processes": shard.world,
         "dtype": spec.dtype,
         "weights_version": spec.weights_version, "versions": library_versions(),
         "code_version": code_version(),

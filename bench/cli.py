@@ -74,6 +74,9 @@ def add_run_parser(sub) -> None:
     p.add_argument("--no-resume", action="store_true", help="grid: rerun cells that already finished")
     p.add_argument("--shard", default=None, help="grid: run shard i of n, as i/n")
     p.add_argument("--limit", type=int, default=None, help="grid: run at most N cells")
+    p.add_argument("--num-processes", type=int, default=None, help="one cell, data-parallel over N processes "
+                   "(one GPU each, or CPU processes with gloo): the same as `accelerate launch --num_processes N -m "
+                   "bench run ...`; results do not depend on N")
     p.add_argument("--devices", default=None, help="grid: run one cell per device at once, e.g. cuda:0,cuda:1,cuda:2 "
                    "(each cell on one device; see README 'Scaling out')")
     p.add_argument("--jobs", type=int, default=None, help="grid: cells run at once, each in its own process "
@@ -157,6 +160,20 @@ def precheck_run(args) -> None:
         parse_shard(args.shard)
     elif args.shard or args.limit or args.jobs or args.no_resume or args.devices:
         raise UsageError("run: --shard, --limit, --jobs, --devices and --no-resume apply to a grid (add --grid)")
+    world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    if args.num_processes is not None:
+        if args.num_processes < 1:
+            raise UsageError(f"--num-processes must be >= 1, got {args.num_processes}")
+        if grid:
+            raise UsageError("--num-processes runs one cell over several processes; a grid takes --devices "
+                             "cuda:0,cuda:1,... (one cell per device at once) or --shard i/n")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise UsageError("--num-processes inside a launcher (accelerate launch, torchrun): give one of the two")
+    if world > 1 and grid:
+        raise UsageError(f"a grid under a launcher ({world} processes): launch a single cell (--method, --task), or "
+                         f"run the grid with --devices cuda:0,cuda:1,...")
+    if world > 1 and args.batch_size is not None and args.batch_size % world:
+        raise UsageError(f"--batch-size {args.batch_size} does not split evenly over {world} processes")
     if args.devices is not None:
         devices = [d.strip() for d in args.devices.split(",") if d.strip()]
         bad = [d for d in devices if not _DEVICE.match(d)]
@@ -215,6 +232,24 @@ def is_grid(args) -> bool:
     return bool(args.grid or (args.preset and not args.method))
 
 
+def launch_processes(args) -> int:
+    """``--num-processes N``: this same command under torch's launcher (what ``accelerate launch`` runs for several
+    processes), N workers on this machine; a worker that dies takes the others down (no hang)."""
+    import subprocess
+
+    argv, skip = [], False
+    for a in args.argv:
+        if skip:
+            skip = False
+        elif a == "--num-processes":
+            skip = True
+        elif not a.startswith("--num-processes="):
+            argv.append(a)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.num_processes}",
+           "-m", "bench", *argv]
+    return subprocess.run(cmd).returncode
+
+
 def cmd_run(args) -> int:
     if is_grid(args):
         from bench import grid
@@ -270,9 +305,18 @@ def cmd_run(args) -> int:
     for s in specs:
         s.validate()
     rows = []
+    world = args.num_processes or int(os.environ.get("WORLD_SIZE", "1"))
+    for s in specs:
+        if s.batch_size % world:
+            raise UsageError(f"batch size {s.batch_size} does not split evenly over {world} processes: give "
+                             f"--batch-size a multiple of {world}")
+    if args.num_processes and args.num_processes > 1:
+        return launch_processes(args)
+    lead = int(os.environ.get("RANK", "0")) == 0  # with several processes, one prints and writes
+    print_ = print if lead else (lambda *a, **k: None)
     for spec in specs:
         out = Path(spec.results_dir) / spec.suite
-        print(f"cell {spec.cell_id}: {spec.method} on {spec.backbone}, "
+        print_(f"cell {spec.cell_id}: {spec.method} on {spec.backbone}, "
               f"{'task ' + spec.task + ', ' if spec.task else ''}reward {spec.reward}, seed {spec.seed}\n"
               f"  {protocol_note}; budget {spec.budget} samples, batch {spec.batch_size}, evaluation every "
               f"{spec.eval_every} samples on {len(spec.eval_prompts)} prompts x {spec.eval_images_per_prompt} "
@@ -281,9 +325,13 @@ def cmd_run(args) -> int:
             row, curve = run_cell(spec, on_progress=lambda p: print(
                 f"  samples {p['samples']:>5}  eval reward {p['reward']:.4f}", flush=True))
         except Preempted as err:
-            append_rows(out / "cells.csv", [grid.failure_row(spec, "preempted", str(err))], key=["cell_id"])
-            print(f"  preempted: {err}", flush=True)
+            if lead:
+                append_rows(out / "cells.csv", [grid.failure_row(spec, "preempted", str(err))], key=["cell_id"])
+            print_(f"  preempted: {err}", flush=True)
             return 143
+        rows.append(row)
+        if not lead:
+            continue
         if row["message"]:
             print(f"  note: {row['message']}")
         append_rows(out / "curves.csv", curve, key=["cell_id", "samples"])
@@ -300,7 +348,6 @@ def cmd_run(args) -> int:
                 r = hit.iloc[-1]
                 print(f"  the committed grid has this cell (results/{preset.name}/cells.csv): "
                       f"{r['reward_initial']:.4f} -> {r['reward_final']:.4f}")
-        rows.append(row)
     return 0 if all(r["status"] == "ok" for r in rows) else 1
 
 

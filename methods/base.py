@@ -19,6 +19,7 @@ import torch
 from registry import Registry
 
 from .backbone import Backbone
+from .parallel import SINGLE, Shard
 from .sampling import SAMPLER_KINDS, Schedule
 
 
@@ -88,9 +89,11 @@ class Method:
     #: what a resumed method needs besides its parameters, optimiser and generator (picklable attributes): the
     #: counters, and what the "auto" memory policies measured (so a resumed run plans its memory as the first did)
     STATE_ATTRS: tuple[str, ...] = ("total_samples", "total_reward_queries", "_call_bytes")
+    #: how the processes' gradients combine (methods/parallel.py): "mean" where the loss is a mean over the batch
+    grad_reduction: str = "mean"
 
     def __init__(self, backbone: Backbone, reward: torch.nn.Module, config: MethodConfig | None = None, *,
-                 seed: int = 0, **overrides):
+                 seed: int = 0, shard: Shard = SINGLE, **overrides):
         config = config or self.Config()
         if overrides:
             config = dataclasses.replace(config, **overrides)
@@ -110,6 +113,9 @@ class Method:
         self.timer = StepTimer(backbone.device)
         self.total_samples = 0
         self.total_reward_queries = 0
+        #: this process's part of each batch (methods/parallel.py); ``step`` takes the whole batch's prompts
+        self.shard = shard
+        self.batch_prompts: list[str] = []
         #: bytes autograd saves for one denoiser call, per batch size: what the "auto" memory policies measure
         #: (methods/memory.py; AlignProp's checkpointing, DDPO's reuse of the sampling graph)
         self._call_bytes: dict[int, int] = {}
@@ -148,8 +154,12 @@ class Method:
 
     # --------------------------------------------------------------------------------------------- helpers
     def noise(self, batch_size: int) -> torch.Tensor:
-        return torch.randn(self.backbone.latent_shape(batch_size), generator=self.generator,
-                           device=self.backbone.device)
+        return self.randn(self.backbone.latent_shape(batch_size))
+
+    def randn(self, shape, dtype=None) -> torch.Tensor:
+        """Per-sample noise of this process's rows (``shape[0]`` local), drawn for the whole batch from the method's
+        generator, so the draws do not depend on the number of processes (methods/parallel.py)."""
+        return self.shard.randn(shape, self.generator, self.backbone.device, dtype)
 
     def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         with self.timer("reward"):
@@ -158,7 +168,7 @@ class Method:
     def sample_kwargs(self) -> dict[str, Any]:
         c = self.config
         return dict(num_steps=c.num_steps, guidance_scale=c.guidance_scale, eta=c.eta, kind=c.sampler,
-                    schedule=self.schedule, generator=self.generator)
+                    schedule=self.schedule, generator=self.generator, shard=self.shard)
 
     # ---------------------------------------------------------------------------------------------- the step
     def compute_loss(self, prompts: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -173,22 +183,26 @@ class Method:
         return metrics
 
     def step(self, prompts: Sequence[str]) -> dict[str, Any]:
-        """One optimiser step on a batch of prompts; returns its metrics (python floats)."""
+        """One optimiser step on a batch of prompts; returns its metrics (python floats). With several processes,
+        ``prompts`` is the whole batch (the same on every rank) and this process trains its share of it."""
         prompts = list(prompts)
         if not prompts:
             raise MethodError("step() needs at least one prompt")
+        self.batch_prompts = prompts
+        local = self.shard.local(prompts)
         self.timer.totals = {}
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
-        metrics = self.backward(prompts)
+        metrics = self.backward(local)
+        self.shard.all_reduce_grads(self.params, self.grad_reduction)
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads \
             else torch.zeros(())
         if self.config.grad_clip > 0 and grads:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
         self.optimizer.step()
-        self.total_samples += int(metrics["samples"])
-        self.total_reward_queries += int(metrics["reward_queries"])
+        self.total_samples += int(metrics["samples"]) * self.shard.world  # equal shards: every rank's count
+        self.total_reward_queries += int(metrics["reward_queries"]) * self.shard.world
         out = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in metrics.items()}
         out["grad_norm"] = float(grad_norm)
         out.update({f"time_{k}": v for k, v in self.timer.totals.items()})
@@ -202,7 +216,7 @@ register, available, describe, get = REGISTRY.register, REGISTRY.available, REGI
 
 
 def create(name: str, backbone: Backbone, reward: torch.nn.Module, *, seed: int = 0, protocol: str = "shared",
-           **overrides) -> Method:
+           shard: Shard = SINGLE, **overrides) -> Method:
     """Build a method by name. ``protocol="reference"`` applies the original paper's settings (``REFERENCE``)
     before ``overrides``."""
     factory = get(name)
@@ -215,4 +229,4 @@ def create(name: str, backbone: Backbone, reward: torch.nn.Module, *, seed: int 
     unknown = sorted(set(settings) - names)
     if unknown:
         raise MethodError(f"{name}: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    return factory(backbone, reward, config_cls(**settings), seed=seed)
+    return factory(backbone, reward, config_cls(**settings), seed=seed, shard=shard)

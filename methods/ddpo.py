@@ -117,6 +117,8 @@ class DDPO(Method):
                      grad_clip=1.0, clip_range=1e-4, adv_clip_max=5.0)
 
     STATE_ATTRS = Method.STATE_ATTRS + ("tracker",)  # the per-prompt reward buffers carry across epochs
+    #: each PPO term is normalised by the whole minibatch's size, whose rows are not split evenly over processes
+    grad_reduction = "sum"
 
     @classmethod
     def check_batch(cls, batch_size: int) -> None:
@@ -166,10 +168,11 @@ class DDPO(Method):
             rewards = self.score(images, prompts)
         return cond, torch.stack(out.trajectory, dim=1), out.log_probs, rewards
 
-    def kept_steps(self, batch: int) -> torch.Tensor:
-        """The steps whose sampling graphs train the first minibatch (see the module docstring)."""
+    def kept_steps(self, batch: int, global_batch: int | None = None) -> torch.Tensor:
+        """The steps whose sampling graphs train the first minibatch (see the module docstring). ``batch``: this
+        process's samples; ``global_batch``: every process's (the first minibatch must hold them all)."""
         c, steps = self.config, self.trainable_indices
-        if c.reuse_sampling_graph is False or c.minibatch_size < batch:
+        if c.reuse_sampling_graph is False or c.minibatch_size < (global_batch or batch):
             return steps[:0]
         if c.reuse_sampling_graph is True:
             return steps
@@ -190,37 +193,47 @@ class DDPO(Method):
     # ------------------------------------------------------------------------------------------------- the epoch
     def backward(self, prompts):
         c = self.config
-        batch = len(prompts)
-        keep = self.kept_steps(batch)
+        batch = len(prompts)  # this process's samples: rows lo..hi-1 of the whole batch
+        everyone = self.batch_prompts if self.shard.distributed else list(prompts)
+        global_batch = len(everyone)
+        lo, hi = self.shard.span(global_batch)
+        keep = self.kept_steps(batch, global_batch)
         cond, trajectory, log_probs, rewards = self.collect(prompts, keep)
         old_log_probs = log_probs.detach()
         kept_log_probs = log_probs if len(keep) else None
         is_kept = torch.zeros(c.num_steps, dtype=torch.bool)
         is_kept[keep] = True
-        measure = (c.reuse_sampling_graph == "auto" and c.minibatch_size >= batch
+        measure = (c.reuse_sampling_graph == "auto" and c.minibatch_size >= global_batch
                    and batch not in self._call_bytes)
-        advantages = self.tracker.update(prompts, rewards).clamp(-c.adv_clip_max, c.adv_clip_max)
+        # the per-prompt statistics see every process's rewards (as ddpo-pytorch gathers them); each keeps its rows
+        advantages = self.tracker.update(everyone, self.shard.all_gather(rewards))
+        advantages = advantages[lo:hi].clamp(-c.adv_clip_max, c.adv_clip_max)
         steps = self.trainable_indices
         trained_per_sample = max(1, int(len(steps) * c.timestep_fraction))
         cpu = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator,
                                                               device=self.generator.device)))
-        minibatches = math.ceil(batch / c.minibatch_size)
+        minibatches = math.ceil(global_batch / c.minibatch_size)
         zero = torch.zeros((), device=trajectory.device)
         totals = {"approx_kl": zero, "clipfrac": zero, "loss": zero}  # tensors: no host sync per PPO term
         terms = 0
         reused = 0
         with self.timer("backward"):
             for epoch in range(c.inner_epochs):
-                order = torch.randperm(batch, generator=cpu)
+                # the whole batch's shuffles, drawn alike on every process (each then trains the rows it holds)
+                order = torch.randperm(global_batch, generator=cpu)
                 # each sample's own random order of its transitions (timesteps shuffled per sample)
-                per_sample = torch.stack([steps[torch.randperm(len(steps), generator=cpu)] for _ in range(batch)])
+                per_sample = torch.stack([steps[torch.randperm(len(steps), generator=cpu)]
+                                          for _ in range(global_batch)])
                 for m in range(minibatches):
-                    rows = order[m * c.minibatch_size:(m + 1) * c.minibatch_size]
+                    members = order[m * c.minibatch_size:(m + 1) * c.minibatch_size]
+                    size = len(members)  # every process normalises by the whole minibatch
+                    mine = members[(members >= lo) & (members < hi)]
+                    rows = mine - lo
                     self.optimizer.zero_grad(set_to_none=True)
                     first = epoch == 0 and m == 0 and kept_log_probs is not None
                     through_sampling = zero  # the terms backpropagated through the sampling graphs, in one backward
-                    for j in range(trained_per_sample):
-                        indices = per_sample[rows, j]
+                    for j in range(trained_per_sample if len(rows) else 0):
+                        indices = per_sample[mine, j]
                         reuse = is_kept[indices] if first else torch.zeros(len(rows), dtype=torch.bool)
                         dev = old_log_probs.device
                         # (rows, indices, new log-probs, via the sampling graph): the two kinds backpropagate apart
@@ -236,7 +249,7 @@ class DDPO(Method):
                         for r, i, new, via_sampling in parts:
                             old = old_log_probs[r.to(dev), i.to(dev)]
                             part = ppo_clipped_terms(new, old, advantages[r.to(advantages.device)], c.clip_range)
-                            part = part.sum() / (len(rows) * trained_per_sample)
+                            part = part.sum() / (size * trained_per_sample)
                             if via_sampling:
                                 through_sampling = through_sampling + part
                             else:
@@ -252,10 +265,11 @@ class DDPO(Method):
                         through_sampling.backward()
                     last = epoch == c.inner_epochs - 1 and m == minibatches - 1
                     if not last:  # the last minibatch's gradient is applied by Method.step (clip + optimiser step)
+                        self.shard.all_reduce_grads(self.params, "sum")
                         if c.grad_clip > 0:
                             torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
                         self.optimizer.step()
-        metrics = {k: v / terms for k, v in totals.items()}
+        metrics = {k: v / max(terms, 1) for k, v in totals.items()}
         metrics.update(reward=rewards.detach().float().mean(), reward_std=rewards.detach().float().std(unbiased=False),
                        advantage_abs=advantages.abs().mean(), samples=batch, reward_queries=batch,
                        optimizer_steps=c.inner_epochs * minibatches, ppo_terms=terms,

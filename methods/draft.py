@@ -96,11 +96,11 @@ class DraftLV(Method):
             x0 = sample(self.backbone, cond, self.noise(len(prompts)), plan=NO_GRAD, **self.sample_kwargs()).latents
             # n copies of each x_0 (copy-major within a prompt: image i's copies are rows i*n .. i*n+n-1)
             x0 = x0.repeat_interleave(n, dim=0)
-            fresh = torch.randn(x0.shape, generator=self.generator, device=x0.device, dtype=x0.dtype)
+            fresh = self.randn(x0.shape, x0.dtype)
             x_last = self.schedule.add_noise(x0, last, fresh)
             z = None
             if self.config.eta > 0 or self.config.sampler == "ddpm":
-                z = torch.randn(x0.shape, generator=self.generator, device=x0.device, dtype=x0.dtype)
+                z = self.randn(x0.shape, x0.dtype)
             step = denoise_step(self.backbone, self.schedule, last, x_last, cond.repeat(n),
                                 self.config.guidance_scale, self.config.eta,
                                 GRAD_CHECKPOINTED if self.config.checkpoint else GRAD, z)

@@ -129,7 +129,7 @@ class ReFL(Method):
         n_train = self.backbone.scheduler.config.num_train_timesteps
         t = torch.randint(0, n_train, (1,), generator=self.generator, device=self.generator.device).to(x0.device)
         a = self.backbone.scheduler.alphas_cumprod.to(x0.device)[t].float()
-        noise = torch.randn(x0.shape, generator=self.generator, device=x0.device, dtype=x0.dtype)
+        noise = self.randn(x0.shape, x0.dtype)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         # the standard loss conditions on the prompt alone (no guidance), as in pre-training
         pred = predict(self.backbone, x_t, t[0], cond, 1.0, GRAD)

@@ -26,6 +26,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
 from .backbone import Backbone
+from .parallel import SINGLE, Shard
 
 SAMPLER_KINDS = ("ddim", "ddpm")
 
@@ -233,7 +234,7 @@ def check_sampler_args(num_steps: int, eta: float, guidance_scale: float, record
 def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int, guidance_scale: float,
            eta: float = 0.0, plan: PlanLike = NO_GRAD, stop_index: int | None = None, record: bool = False,
            generator: torch.Generator | None = None, kind: str = "ddim",
-           schedule: Schedule | None = None, record_graph: bool = False) -> SampleOutput:
+           schedule: Schedule | None = None, record_graph: bool = False, shard: Shard = SINGLE) -> SampleOutput:
     """Run the chain from ``noise`` (x_T) under ``plan``.
 
     stop_index: stop after this step (0-based) and return its predicted x0_hat as ``latents`` (early stop)
@@ -242,6 +243,8 @@ def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int
                 denoiser call, and the chain itself is data (each step's input detached): log p_θ(x_{t−1} | x_t)
                 of the sampled transition, as a PPO term recomputes it (DDPO's reuse of the sampling graph)
     generator:  drives the variance noise when eta > 0, so a seeded run is reproducible
+    shard:      with several processes, ``noise`` is this process's rows and the variance noise is drawn for the
+                whole batch, of which it keeps its rows (methods/parallel.py)
     """
     check_sampler_args(num_steps, eta, guidance_scale, record=record and kind == "ddim")
     schedule = schedule or Schedule(backbone.scheduler, num_steps, noise.device, kind=kind)
@@ -258,7 +261,7 @@ def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int
     for i in range(last + 1):
         z = None
         if stochastic:
-            z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            z = shard.randn(x.shape, generator, x.device, x.dtype)
         x_in = x
         out = denoise_step(backbone, schedule, i, x, cond, guidance_scale, eta, plans[i], z)
         x = out.prev_sample.detach() if record_graph else out.prev_sample
