@@ -232,10 +232,14 @@ def is_grid(args) -> bool:
     return bool(args.grid or (args.preset and not args.method))
 
 
-def launch_processes(args) -> int:
+def launch_processes(args, specs) -> int:
     """``--num-processes N``: this same command under torch's launcher (what ``accelerate launch`` runs for several
-    processes), N workers on this machine; a worker that dies takes the others down (no hang)."""
+    processes), N workers on this machine; a worker that dies takes the others down (no hang), and a cell left
+    without a row is recorded ``crashed`` (its last saved state stays: the same command resumes it)."""
     import subprocess
+
+    from bench.grid import FINISHED, failure_row
+    from bench.results import append_rows, read_csv
 
     argv, skip = [], False
     for a in args.argv:
@@ -247,7 +251,33 @@ def launch_processes(args) -> int:
             argv.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.num_processes}",
            "-m", "bench", *argv]
-    return subprocess.run(cmd).returncode
+    import signal
+
+    def row_of(spec):
+        cells = read_csv(Path(spec.results_dir) / spec.suite / "cells.csv")
+        hit = cells[cells["cell_id"] == spec.cell_id] if "cell_id" in cells else cells.iloc[:0]
+        return None if hit.empty else repr(sorted(hit.iloc[-1].to_dict().items()))  # NaN-safe to compare
+
+    before = {spec.cell_id: row_of(spec) for spec in specs}
+    proc = subprocess.Popen(cmd)
+    # SIGTERM (a scheduler's, before preemption) reaches the workers through the launcher: they save and stop
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code:
+        for spec in specs:
+            row = row_of(spec)
+            written = row is not None and row != before[spec.cell_id]  # this run recorded the cell itself
+            cells = read_csv(Path(spec.results_dir) / spec.suite / "cells.csv")
+            status = str(cells.loc[cells["cell_id"] == spec.cell_id, "status"].iloc[-1]) if written else ""
+            if not written or status not in FINISHED + ("preempted",):
+                append_rows(Path(spec.results_dir) / spec.suite / "cells.csv",
+                            [failure_row(spec, "crashed", f"a process of {args.num_processes} failed (launcher "
+                                                          f"exit code {code}); see the output above")],
+                            key=["cell_id"])
+    return code
 
 
 def cmd_run(args) -> int:
@@ -311,7 +341,7 @@ def cmd_run(args) -> int:
             raise UsageError(f"batch size {s.batch_size} does not split evenly over {world} processes: give "
                              f"--batch-size a multiple of {world}")
     if args.num_processes and args.num_processes > 1:
-        return launch_processes(args)
+        return launch_processes(args, specs)
     lead = int(os.environ.get("RANK", "0")) == 0  # with several processes, one prints and writes
     print_ = print if lead else (lambda *a, **k: None)
     for spec in specs:

@@ -127,7 +127,11 @@ def from_environment(device: str = "cpu") -> Shard:
     launched that way."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return SINGLE
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    state = PartialState(cpu=not str(device).startswith("cuda"))
+    # a collective that waits longer than this for a rank (stuck, not dead: a dead one fails it at once) raises
+    timeout = timedelta(seconds=float(os.environ.get("BENCH_COLLECTIVE_TIMEOUT_S", "900")))
+    state = PartialState(cpu=not str(device).startswith("cuda"), timeout=timeout)
     return Shard(rank=state.process_index, world=state.num_processes)
