@@ -401,6 +401,7 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
     # for small models (measured: 40x slower training with 2 threads on a loaded 2-core machine)
     threads = int(os.environ.get("BENCH_CELL_THREADS", max(1, ((os.cpu_count() or 1) - 1) // max(1, jobs))))
     running: dict[str, tuple[Any, Any, float]] = {}  # cell_id -> (process, spec, start)
+    before: dict[str, str | None] = {}  # each cell's row before this run started it (a stale row is not a result)
     results: dict[str, str] = {}
     last_reward: dict[str, str] = {}
     pending = list(todo)
@@ -417,6 +418,7 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
                         spec = dataclasses.replace(spec, device=free_devices.pop(0))
                     proc = ctx.Process(target=_cell_process, args=(spec, events, threads, list(plugins), resume),
                                        name=f"cell-{spec.cell_id}")
+                    before[spec.cell_id] = _row_repr(out_dir, spec.cell_id)
                     proc.start()
                     running[spec.cell_id] = (proc, spec, time.perf_counter())
                 try:
@@ -438,8 +440,8 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
                     if devices:
                         free_devices.append(spec.device)
                     _drain(events, results, console)
-                    if cell_id not in results:
-                        results.update(_row_status(out_dir, cell_id))
+                    if cell_id not in results and _row_repr(out_dir, cell_id) != before.get(cell_id):
+                        results.update(_row_status(out_dir, cell_id))  # it wrote its row; the report was lost
                     if cell_id not in results and proc.exitcode == 130:  # Ctrl-C reached the cell: not finished
                         raise KeyboardInterrupt
                     if cell_id not in results:  # died without writing its row: segfault, OOM kill, kill -9
@@ -471,6 +473,14 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
             _drain(events, results, console)
             raise
     return {"ran": len(todo), "skipped": skipped, "results": results, "wall_s": time.perf_counter() - start}
+
+
+def _row_repr(out_dir: Path, cell_id: str) -> str | None:
+    cells = read_csv(out_dir / "cells.csv")
+    if cells.empty or "cell_id" not in cells:
+        return None
+    hit = cells[cells["cell_id"] == cell_id]
+    return None if hit.empty else repr(sorted(hit.iloc[-1].to_dict().items()))  # NaN-safe to compare
 
 
 def _row_status(out_dir: Path, cell_id: str) -> dict[str, str]:

@@ -102,15 +102,15 @@ def test_slurm_example_shards_a_preset_over_a_fake_array_and_merges(tmp_path):
            "FAKE_SBATCH_LOG": str(tmp_path / "sbatch.log"), "BENCH_RESULTS": str(tmp_path / "results"),
            "BENCH_CELL_THREADS": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(["bash", str(ROOT / "examples" / "slurm" / "submit.sh"), "ci", "2", "--methods",
-                          "draft-1,refl,draft-lv", "--budget", "4", "--eval-every", "4"], env=env, cwd=tmp_path,
+                          "draft-1,refl,draft-lv", "--tasks", "shapes-aesthetic", "--budget", "4", "--eval-every", "4"], env=env, cwd=tmp_path,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     calls = (tmp_path / "sbatch.log").read_text().splitlines()
     assert "--array=0-1" in calls[0] and "--dependency=afterany:4242" in calls[1]
     shards = [pd.read_csv(tmp_path / "results" / "shards" / "ci" / str(i) / "ci" / "cells.csv") for i in (0, 1)]
-    assert sorted(len(s) for s in shards) == [2, 4] or sorted(len(s) for s in shards) == [3, 3]
+    assert sorted(len(s) for s in shards) in ([1, 2], [0, 3])
     assert not set(shards[0]["cell_id"]) & set(shards[1]["cell_id"])  # disjoint shards
     merged = pd.read_csv(tmp_path / "results" / "ci" / "cells.csv")
-    assert sorted(merged["cell_id"]) == sorted(pd.concat(shards)["cell_id"]) and len(merged) == 6
+    assert sorted(merged["cell_id"]) == sorted(pd.concat(shards)["cell_id"]) and len(merged) == 3
     assert set(merged["status"]) == {"ok"}
     assert (tmp_path / "results" / "ci" / "leaderboard.md").exists()

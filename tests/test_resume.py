@@ -121,28 +121,17 @@ def straight(tmp_path_factory):
     return _outcome(out)
 
 
-def test_sigkill_of_a_cell_then_rerun_equals_an_uninterrupted_run(tmp_path, straight):
-    """DDPO (its reward buffers, its graph-reuse policy and the prompt generator must all resume); the other methods'
-    state is the unit test's above. The grid records the killed cell ``crashed``; the rerun resumes it."""
+def test_preempted_then_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, straight):
+    """A grid gets SIGTERM (a scheduler's, before preemption): its cell saves after the step, records itself
+    `preempted` and the grid exits. The next run resumes it and then its cell process is SIGKILLed: the grid records
+    it `crashed`. The third run resumes it again and finishes `ok`, with the uninterrupted run's LoRA and curve, bit
+    for bit. DDPO: its reward buffers, its graph-reuse policy and the prompt generator must all resume; the other
+    methods' state is the unit test's above."""
     import psutil
 
-    proc = subprocess.Popen(_cmd("ddpo", tmp_path, grid=True), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=tmp_path)
-    _wait_for_state(tmp_path, proc, 8)
-    (cell,) = psutil.Process(proc.pid).children()
-    cell.send_signal(signal.SIGKILL)
-    assert proc.wait(timeout=60) == 1
-    assert pd.read_csv(tmp_path / "ci" / "cells.csv")["status"].tolist() == ["crashed"]
-    done = subprocess.run(_cmd("ddpo", tmp_path, grid=True), env=_env(), capture_output=True, text=True, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    resumed = _outcome(tmp_path)
-    assert resumed[2]["status"].tolist() == ["ok"] and "resumed at 8 samples" in resumed[2]["message"].iloc[0]
-    _same(straight, resumed)
-
-
-def test_sigterm_to_a_grid_saves_records_preempted_and_the_next_run_resumes(tmp_path, straight):
-    proc = subprocess.Popen(_cmd("ddpo", tmp_path, grid=True), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    cmd = _cmd("ddpo", tmp_path, grid=True)
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
     _wait_for_state(tmp_path, proc, 4)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
@@ -150,9 +139,16 @@ def test_sigterm_to_a_grid_saves_records_preempted_and_the_next_run_resumes(tmp_
     rows = pd.read_csv(tmp_path / "ci" / "cells.csv")
     assert rows["status"].tolist() == ["preempted"], err
     assert "the same command resumes it" in rows["message"].iloc[0]
-    again = subprocess.run(_cmd("ddpo", tmp_path, grid=True), env=_env(), capture_output=True, text=True,
-                           cwd=tmp_path)
-    assert again.returncode == 0, again.stderr
+
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    _wait_for_state(tmp_path, proc, 12)
+    (cell,) = psutil.Process(proc.pid).children()
+    cell.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == 1
+    assert pd.read_csv(tmp_path / "ci" / "cells.csv")["status"].tolist() == ["crashed"]
+
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
     resumed = _outcome(tmp_path)
     assert resumed[2]["status"].tolist() == ["ok"] and "resumed at" in resumed[2]["message"].iloc[0]
     _same(straight, resumed)
