@@ -88,6 +88,8 @@ class CellSpec:
     #: also save the cell's resumable state every this many minutes of training (it is always saved at every
     #: evaluation); None: at evaluations only. Not part of the identity: it changes when, not what
     checkpoint_minutes: float | None = None
+    #: log to an experiment tracker as well (bench/tracking.py: "tensorboard" or "wandb"); not part of the identity
+    tracker: str | None = None
     #: reward whose image tower embeds evaluation images for the diversity metric (default: the first eval reward
     #: that has one, else pixels); does not change training, so it is not part of the cell's identity
     diversity_reward: str | None = None
@@ -124,7 +126,7 @@ class CellSpec:
         """Deterministic identity: readable parts plus a hash of everything that changes the result."""
         keyed = {k: (torch.device(v).type if k == "device" else v) for k, v in dataclasses.asdict(self).items()
                  if k not in ("suite", "results_dir", "save_lora", "save_images", "diversity_reward", "count_flops",
-                              "checkpoint_minutes")
+                              "checkpoint_minutes", "tracker")
                  and not (k in OPTIONAL_IDENTITY and v is None)}
         digest = hashlib.sha1(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:8]
         return f"{self.backbone}__{self.task or self.reward}__{self.method}__s{self.seed}__{digest}"
@@ -382,9 +384,16 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
             point[f"{name}_mean"] = float(s.mean())
             point[f"{name}_std"] = float(s.std()) if len(s) > 1 else 0.0
         curve.append(point)
+        if tracker is not None:
+            tracker.evaluation(point)
         return point
 
     train_time = 0.0
+    tracker = None
+    if spec.tracker and lead:
+        from bench.tracking import CellTracker
+
+        tracker = CellTracker(spec.tracker, spec)
     if backbone.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(backbone.device)
     rng = torch.Generator().manual_seed(spec.seed)
@@ -444,6 +453,8 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
                 train_time += time.perf_counter() - t0
             n_steps += 1
             optimizer_steps += int(last_metrics.get("optimizer_steps", 1))
+            if tracker is not None:
+                tracker.train_step(last_metrics, method.total_samples)
             for k, v in last_metrics.items():
                 if k.startswith("time_") and not counted:
                     totals[k] = totals.get(k, 0.0) + v
@@ -473,6 +484,10 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
                        title=f"{spec.method} on {spec.task or spec.reward}, seed {spec.seed}: {headline}")
     if on_progress and lead:
         on_progress({"samples": method.total_samples, "reward": final[f"{headline}_mean"]})
+    if tracker is not None:
+        tracker.images({"initial": eval_images["first"], "final": eval_images.get("last", eval_images["first"])},
+                       method.total_samples)
+        tracker.finish()
     if spec.save_lora and status == "ok" and lead:
         backbone.save_lora(spec.cell_dir() / "lora", metadata={"cell_id": spec.cell_id, "method": spec.method,
                                                                "reward": spec.reward})

@@ -71,6 +71,8 @@ def add_run_parser(sub) -> None:
                    "committed reference results are in results/)")
     p.add_argument("--checkpoint-minutes", type=float, default=None, help="also save each cell's resumable state "
                    "every N minutes of training (it is always saved at every evaluation)")
+    p.add_argument("--tracker", default=None, help="also log curves, step timings and evaluation images to "
+                   "tensorboard (RESULTS/SUITE/tensorboard) or wandb (offline unless WANDB_MODE says otherwise)")
     p.add_argument("--no-resume", action="store_true", help="grid: rerun cells that already finished")
     p.add_argument("--shard", default=None, help="grid: run shard i of n, as i/n")
     p.add_argument("--limit", type=int, default=None, help="grid: run at most N cells")
@@ -138,6 +140,9 @@ def precheck_run(args) -> None:
             raise UsageError(f"{flag} must be >= 0, got {value}")
     if args.lr is not None and not args.lr > 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
+    from bench import tracking
+
+    tracking.check(args.tracker)
     if args.checkpoint_minutes is not None and not args.checkpoint_minutes > 0:
         raise UsageError(f"--checkpoint-minutes must be > 0, got {args.checkpoint_minutes}")
     if args.dtype is not None and args.dtype not in catalog.DTYPES:
@@ -324,7 +329,8 @@ def cmd_run(args) -> int:
         preset = None
     reward_kwargs = check_reward_args(reward_name, args.reward_kwargs) if args.reward_kwargs else None
     changes: dict[str, Any] = {}
-    for key in ("batch_size", "eval_every", "dtype", "backbone_path", "resolution", "vae_path", "checkpoint_minutes"):
+    for key in ("batch_size", "eval_every", "dtype", "backbone_path", "resolution", "vae_path", "checkpoint_minutes",
+                "tracker"):
         if getattr(args, key) is not None:
             changes[key] = getattr(args, key)
     if args.count_flops:

@@ -543,7 +543,7 @@ def run_from_args(args) -> int:
         specs = [dataclasses.replace(s, batch_size=args.batch_size) for s in specs]
     if args.eval_every is not None:
         specs = [dataclasses.replace(s, eval_every=args.eval_every) for s in specs]
-    for key in ("dtype", "backbone_path", "resolution", "vae_path", "checkpoint_minutes"):
+    for key in ("dtype", "backbone_path", "resolution", "vae_path", "checkpoint_minutes", "tracker"):
         if getattr(args, key, None) is not None:
             specs = [dataclasses.replace(s, **{key: getattr(args, key)}) for s in specs]
     specs = apply_eval_size(specs, getattr(args, "eval_prompts", None), getattr(args, "eval_images", None))
