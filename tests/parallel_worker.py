@@ -17,7 +17,7 @@ EVAL_PROMPTS = ["a blue circle", "a green square", "a red triangle"]  # 3 × 2 i
 SMALL = {"ddpo": {"minibatch_size": 2, "clip_range": 10.0, "buffer_size": 8, "min_count": 4}, "refl": {}, "draft": {}, "draft-1": {},
          "draft-k": {"truncation_steps": 2}, "draft-lv": {}, "alignprop": {},
          "drtune": {"trained_steps": 2, "early_stop_max": 2}}
-STEPS = 3
+STEPS = 2
 
 
 def _backbone():
