@@ -240,11 +240,12 @@ def is_grid(args) -> bool:
 def launch_processes(args, specs) -> int:
     """``--num-processes N``: this same command under torch's launcher (what ``accelerate launch`` runs for several
     processes), N workers on this machine; a worker that dies takes the others down (no hang), and a cell left
-    without a row is recorded ``crashed`` (its last saved state stays: the same command resumes it)."""
+    without a row of this run is recorded ``crashed`` (its last saved state stays: the same command resumes it)."""
+    import signal
     import subprocess
 
-    from bench.grid import FINISHED, failure_row
-    from bench.results import append_rows, read_csv
+    from bench.grid import FINISHED, _row_status, failure_row, row_fingerprint
+    from bench.results import append_rows
 
     argv, skip = [], False
     for a in args.argv:
@@ -256,14 +257,8 @@ def launch_processes(args, specs) -> int:
             argv.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.num_processes}",
            "-m", "bench", *argv]
-    import signal
-
-    def row_of(spec):
-        cells = read_csv(Path(spec.results_dir) / spec.suite / "cells.csv")
-        hit = cells[cells["cell_id"] == spec.cell_id] if "cell_id" in cells else cells.iloc[:0]
-        return None if hit.empty else repr(sorted(hit.iloc[-1].to_dict().items()))  # NaN-safe to compare
-
-    before = {spec.cell_id: row_of(spec) for spec in specs}
+    suite = {spec.cell_id: Path(spec.results_dir) / spec.suite for spec in specs}
+    before = {cell: row_fingerprint(out, cell) for cell, out in suite.items()}
     proc = subprocess.Popen(cmd)
     # SIGTERM (a scheduler's, before preemption) reaches the workers through the launcher: they save and stop
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
@@ -273,14 +268,11 @@ def launch_processes(args, specs) -> int:
         signal.signal(signal.SIGTERM, previous)
     if code:
         for spec in specs:
-            row = row_of(spec)
-            written = row is not None and row != before[spec.cell_id]  # this run recorded the cell itself
-            cells = read_csv(Path(spec.results_dir) / spec.suite / "cells.csv")
-            status = str(cells.loc[cells["cell_id"] == spec.cell_id, "status"].iloc[-1]) if written else ""
-            if not written or status not in FINISHED + ("preempted",):
-                append_rows(Path(spec.results_dir) / spec.suite / "cells.csv",
-                            [failure_row(spec, "crashed", f"a process of {args.num_processes} failed (launcher "
-                                                          f"exit code {code}); see the output above")],
+            out = suite[spec.cell_id]
+            written = row_fingerprint(out, spec.cell_id) not in (None, before[spec.cell_id])
+            if not written or _row_status(out, spec.cell_id)[spec.cell_id] not in FINISHED + ("preempted",):
+                append_rows(out / "cells.csv", [failure_row(spec, "crashed", f"a process of {args.num_processes} "
+                                                f"failed (launcher exit code {code}); see the output above")],
                             key=["cell_id"])
     return code
 

@@ -418,7 +418,7 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
                         spec = dataclasses.replace(spec, device=free_devices.pop(0))
                     proc = ctx.Process(target=_cell_process, args=(spec, events, threads, list(plugins), resume),
                                        name=f"cell-{spec.cell_id}")
-                    before[spec.cell_id] = _row_repr(out_dir, spec.cell_id)
+                    before[spec.cell_id] = row_fingerprint(out_dir, spec.cell_id)
                     proc.start()
                     running[spec.cell_id] = (proc, spec, time.perf_counter())
                 try:
@@ -440,7 +440,7 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
                     if devices:
                         free_devices.append(spec.device)
                     _drain(events, results, console)
-                    if cell_id not in results and _row_repr(out_dir, cell_id) != before.get(cell_id):
+                    if cell_id not in results and row_fingerprint(out_dir, cell_id) != before.get(cell_id):
                         results.update(_row_status(out_dir, cell_id))  # it wrote its row; the report was lost
                     if cell_id not in results and proc.exitcode == 130:  # Ctrl-C reached the cell: not finished
                         raise KeyboardInterrupt
@@ -475,7 +475,8 @@ def run_grid(specs: list, out_dir: Path, *, jobs: int = 1, resume: bool = True, 
     return {"ran": len(todo), "skipped": skipped, "results": results, "wall_s": time.perf_counter() - start}
 
 
-def _row_repr(out_dir: Path, cell_id: str) -> str | None:
+def row_fingerprint(out_dir: Path, cell_id: str) -> str | None:
+    """The cell's row as written now (None: no row), to tell a row a run wrote from one it found."""
     cells = read_csv(out_dir / "cells.csv")
     if cells.empty or "cell_id" not in cells:
         return None

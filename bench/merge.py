@@ -65,6 +65,13 @@ def merge(out: str | Path, sources: Sequence[str | Path]) -> dict[str, int]:
                              f"results/sd15)")
     if any(d.resolve() == out.resolve() for d in dirs):
         raise MergeError(f"merge: {out} is both the output and a source")
+    # OUT's files stay locked from reading them to replacing them: a grid appending to OUT, or another merge into
+    # it, waits (the grid takes these locks one at a time, so holding both cannot deadlock with it)
+    with locked(out / "curves.csv"), locked(out / "cells.csv"):
+        return _merge(out, dirs)
+
+
+def _merge(out: Path, dirs: list[Path]) -> dict[str, int]:
     inputs = ([out] if (out / "cells.csv").is_file() else []) + dirs
     chosen: dict[str, tuple[pd.Series, Path]] = {}
     tables = {d: (read_csv(d / "cells.csv"), read_csv(d / "curves.csv")) for d in inputs}
@@ -111,10 +118,8 @@ def merge(out: str | Path, sources: Sequence[str | Path]) -> dict[str, int]:
         if path.is_file():
             info = json.loads(path.read_text())
             infos += info.get("shards", [info]) if d == out else [dict(info, source=str(d))]
-    with locked(out / "cells.csv"):
-        write_atomic(out / "cells.csv", pd.DataFrame(rows).to_csv(index=False))
-    with locked(out / "curves.csv"):
-        write_atomic(out / "curves.csv", pd.concat(curve_parts).to_csv(index=False) if curve_parts else "")
+    write_atomic(out / "curves.csv", pd.concat(curve_parts).to_csv(index=False) if curve_parts else "")
+    write_atomic(out / "cells.csv", pd.DataFrame(rows).to_csv(index=False))
     merged_info = {"merged_from": [str(d) for d in dirs], "cells": len(rows), "shards": infos}
     for key in ("preset", "protocol", "shared_protocol", "method_overrides", "budget", "batch_size", "eval_every",
                 "eval_images_per_prompt"):

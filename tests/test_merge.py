@@ -61,7 +61,32 @@ def test_two_different_results_for_one_cell_are_an_error_naming_it_and_nothing_i
     b = _shard(tmp_path / "b", [_row("c1", reward=1.5)])
     with pytest.raises(MergeError, match="cell c1 has two different results .*reward_final"):
         merge(tmp_path / "out", [a, b])
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out" / "cells.csv").exists() and not (tmp_path / "out" / "cells").exists()
+
+
+def _merge_in_process(out, source, start):
+    start.wait()
+    merge(out, [source])
+
+
+def test_concurrent_merges_into_one_directory_keep_every_cell(tmp_path):
+    """Two machines' shards merged into the same OUT at the same moment: the lock makes the second read what the first
+    wrote, so neither overwrites the other's cells."""
+    import multiprocessing as mp
+
+    shards = [_shard(tmp_path / f"s{i}", [_row(f"c{i}{j}", reward=float(j)) for j in range(30)]) for i in range(4)]
+    ctx = mp.get_context("fork")
+    start = ctx.Event()
+    procs = [ctx.Process(target=_merge_in_process, args=(tmp_path / "out", s, start)) for s in shards]
+    for p in procs:
+        p.start()
+    start.set()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    cells = pd.read_csv(tmp_path / "out" / "cells.csv")
+    assert len(cells) == 120 and cells["cell_id"].is_unique
+    assert len(pd.read_csv(tmp_path / "out" / "curves.csv")) == 240
 
 
 def test_merge_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
