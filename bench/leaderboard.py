@@ -159,7 +159,21 @@ def task_summary(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dict) -> str:
     lines = [f"# Leaderboard: {info.get('preset', out_dir.name)}", ""]
-    if info:
+    if info.get("merged_from") is not None:  # `bench merge`: what the shards agree on, then each shard's run
+        if "preset" in info:
+            lines.append(f"- preset: `{info['preset']}` (protocol: {info.get('protocol')}; shared settings "
+                         f"{json.dumps(info.get('shared_protocol', {}))}; exceptions "
+                         f"{json.dumps(info.get('method_overrides', {}))})")
+        if "budget" in info:
+            lines.append(f"- budget: {info['budget']} training samples per cell, batch {info.get('batch_size')}, "
+                         f"evaluation every {info.get('eval_every')} samples")
+        n = len(info["merged_from"])
+        lines.append(f"- merged (`bench merge`) from {n} shard director{'y' if n == 1 else 'ies'}: "
+                     f"{', '.join(f'`{d}`' for d in info['merged_from'])}")
+        for shard in info.get("shards", []):
+            lines.append(f"  - `{shard.get('command')}` on {shard.get('machine')}, started {shard.get('started')}: "
+                         f"{shard.get('cells_run')} cells in {shard.get('wall_s')} s")
+    elif info:
         lines += [f"- preset: `{info.get('preset')}` (protocol: {info.get('protocol')}; shared settings "
                   f"{json.dumps(info.get('shared_protocol', {}))}; exceptions {json.dumps(info.get('method_overrides', {}))})",
                   f"- budget: {info.get('budget')} training samples per cell, batch {info.get('batch_size')}, "

@@ -7,7 +7,8 @@ OUT may already hold results: its rows take part like any shard's. Per cell:
 * a finished row (``ok``, ``nan``) wins over a failed one (``error``, ``oom``, ``crashed``, ``preempted``): a cell that
   crashed on one machine and finished on another is finished;
 * the same cell finished twice must agree on every value that does not measure time or place (rewards, samples,
-  curve): two different results for one cell are an error naming it, and nothing is written;
+  curve), numbers to ``RTOL`` (two runs of one cell on other hardware or thread counts differ in the last digits):
+  two different results for one cell are an error naming it, and nothing is written;
 * the cell's curve and its directory (LoRA, images) come from the shard whose row was kept.
 
 Everything is checked before anything is written; each file is then replaced atomically, under the same lock as a
@@ -28,8 +29,38 @@ from bench.results import locked, read_csv, write_atomic
 
 FINISHED = ("ok", "nan")
 #: columns that measure when, where and how fast a cell ran: they differ between two runs of the same cell
-VOLATILE = {"message", "wall_s", "train_wall_s", "samples_per_s", "s_per_step_sampling", "s_per_step_reward",
+VOLATILE = {"message", "processes", "wall_s", "train_wall_s", "samples_per_s", "s_per_step_sampling", "s_per_step_reward",
             "s_per_step_backward", "peak_mem_mb", "mfu", "flops_per_sample", "device", "versions", "code_version"}
+
+
+#: relative (and 1e-6 absolute) tolerance within which two runs of one cell agree
+RTOL = 1e-4
+
+
+def _numbers(value) -> list[float] | None:
+    """A number, or a space-separated list of them (``reward_final_images``), as floats; None if not numeric."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)]
+    try:
+        return [float(v) for v in str(value).split()] or None
+    except ValueError:
+        return None
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _agree(x, y) -> bool:
+    if _missing(x) or _missing(y):
+        return _missing(x) and _missing(y)
+    if x == y:
+        return True
+    a, b = _numbers(x), _numbers(y)
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(math.isclose(u, v, rel_tol=RTOL, abs_tol=1e-6) or (math.isnan(u) and math.isnan(v))
+               for u, v in zip(a, b))
 
 
 class MergeError(UsageError):
@@ -38,16 +69,7 @@ class MergeError(UsageError):
 
 def _same(a: pd.Series, b: pd.Series) -> list[str]:
     """The non-volatile columns where two rows of one cell differ."""
-    out = []
-    for col in sorted((set(a.index) | set(b.index)) - VOLATILE):
-        x, y = a.get(col), b.get(col)
-        if isinstance(x, float) and isinstance(y, float) and math.isnan(x) and math.isnan(y):
-            continue
-        if pd.isna(x) and pd.isna(y):
-            continue
-        if x != y:
-            out.append(col)
-    return out
+    return [col for col in sorted((set(a.index) | set(b.index)) - VOLATILE) if not _agree(a.get(col), b.get(col))]
 
 
 def _curve_of(curves: pd.DataFrame, cell_id: str) -> pd.DataFrame:
@@ -89,7 +111,8 @@ def _merge(out: Path, dirs: list[Path]) -> dict[str, int]:
                 if not differ:
                     a, b = _curve_of(tables[where][1], cell_id), _curve_of(curves, cell_id)
                     cols = [c for c in a.columns if c.endswith(("_mean", "_std")) or c == "samples"]
-                    if len(a) != len(b) or not a[cols].reset_index(drop=True).equals(b[cols].reset_index(drop=True)):
+                    if len(a) != len(b) or not all(_agree(x, y) for c in cols
+                                                   for x, y in zip(a[c].tolist(), b.get(c, pd.Series()).tolist())):
                         differ = ["its curve"]
                 if differ:
                     raise MergeError(f"merge: cell {cell_id} has two different results ({where} and {d} differ in "
@@ -112,15 +135,18 @@ def _merge(out: Path, dirs: list[Path]) -> dict[str, int]:
                 shutil.rmtree(dst)
             tmp.rename(dst)
             copied += 1
-    infos = []
+    infos, earlier = [], []
     for d in inputs:
         path = d / "run_info.json"
         if path.is_file():
             info = json.loads(path.read_text())
             infos += info.get("shards", [info]) if d == out else [dict(info, source=str(d))]
+            if d == out:
+                earlier = info.get("merged_from", [])
     write_atomic(out / "curves.csv", pd.concat(curve_parts).to_csv(index=False) if curve_parts else "")
     write_atomic(out / "cells.csv", pd.DataFrame(rows).to_csv(index=False))
-    merged_info = {"merged_from": [str(d) for d in dirs], "cells": len(rows), "shards": infos}
+    sources = list(dict.fromkeys([*earlier, *(str(d) for d in dirs)]))
+    merged_info = {"merged_from": sources, "cells": len(rows), "shards": infos}
     for key in ("preset", "protocol", "shared_protocol", "method_overrides", "budget", "batch_size", "eval_every",
                 "eval_images_per_prompt"):
         values = {json.dumps(i.get(key), sort_keys=True) for i in infos if key in i}
