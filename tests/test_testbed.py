@@ -136,6 +136,30 @@ def test_detector_sign_flips_the_score():
     torch.testing.assert_close(add(world.to_float(x), caps), -remove(world.to_float(x), caps))
 
 
+def test_the_committed_detector_reads_shape_not_only_colour():
+    """Scenes rendered with one object: the detector says its own query is present and the query of the same colour
+    with another shape absent (the ViT detector answered "present" to all of these), through the reward the tasks
+    use (``shapes-detector``: sign · max over cells of the sigmoid)."""
+    from rewards import create
+
+    from bench.testbed.world import SHAPES
+
+    x, scenes = world.generate(24, seed=11, split="heldout", num_objects=1)
+    images = world.to_float(x)
+    own, other, made = [], [], {}
+
+    def score(query, img, caption):
+        made.setdefault(query, create("shapes-detector", query=query))
+        return float(made[query](img[None], [caption]))
+
+    for img, scene in zip(images, scenes):
+        obj = scene.objects[0]
+        wrong = SHAPES[(SHAPES.index(obj.shape) + 1) % len(SHAPES)]
+        own.append(score(f"{obj.color} {obj.shape}", img, scene.caption))
+        other.append(score(f"{obj.color} {wrong}", img, scene.caption))
+    assert sum(o > 0.5 for o in own) >= 22 and sum(o < 0.5 for o in other) >= 22, (own, other)
+
+
 def test_gold_reward_is_evaluation_only():
     from rewards import create
 

@@ -20,7 +20,7 @@ from . import models, world
 from .world import COLOR_NAMES, SHAPES
 
 PARTS = ("diffusion", "clip", "aesthetic", "classifier", "detector")
-DEFAULT_STEPS = {"diffusion": 4000, "clip": 700, "aesthetic": 1500, "classifier": 800, "detector": 800}
+DEFAULT_STEPS = {"diffusion": 4000, "clip": 700, "aesthetic": 1500, "classifier": 800, "detector": 1500}
 CAPTION_DROPOUT = 0.1
 
 
@@ -336,26 +336,25 @@ def detector_targets(scenes, rng, patch: int):
 
 def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, lr: float = 2e-3,
                    history: list | None = None):
-    """OWL-ViT trained from scratch on its class head only: per patch and query, binary cross-entropy against "the
-    queried coloured shape covers this patch" (boxes are not trained; the reward reads only the class logits).
+    """The testbed detector (``models.ConvDetector``: OWL-ViT's head on a convolutional trunk) trained from scratch:
+    per grid cell and query, binary cross-entropy against "the queried coloured shape covers this cell" (boxes are not
+    trained; the reward reads only the class logits). Queries per image: every present object, then absent ones, half
+    of them hard negatives (same colour or same shape as a present object).
 
-    Known limit (detector gate 0.838 < 0.9): this detector reads colour, not shape. Every absent query that shares a
-    present object's colour is answered "present" (0 of 165 such gate queries right) and "red circle" and
-    "red square" embed at cosine 0.994. Tried, each 1000-1500 steps, and still colour-only (held-out accuracy
-    0.77-0.83; 0.58 with focal loss, whose probabilities stay < 0.5): absent queries always hard; towers initialised
-    from the testbed CLIP (OWL-ViT's recipe); every patch scored against all 18 coloured shapes (OWL-ViT's
-    label-space loss), with BCE or focal loss; patch size 2, 6 or 8; vision width 96-128 with 4 layers. Linear
-    probes of the patch features separate circle from square at 0.52-0.60 (3 shapes, chance 0.33), while the ResNet
-    classifier is at 1.0: at 24 px this ViT does not learn the
-    one-pixel corner differences between a circle and a square."""
-    from transformers import OwlViTForObjectDetection
-
+    Why convolutions: the first detector was transformers' OWL-ViT (a ViT vision tower) and read colour, not shape
+    (gate 0.838 < 0.9; 0 of 165 absent queries sharing a present object's colour right; "red circle" and "red square"
+    embedded at cosine 0.994). Tried, each 1000-1500 steps, and still colour-only (held-out accuracy 0.77-0.83; 0.58
+    with focal loss): towers initialised from the testbed CLIP (OWL-ViT's recipe); every patch scored against all 18
+    coloured shapes (OWL-ViT's label-space loss), BCE or focal; patch size 2, 6 or 8; vision width 96-128 with 4
+    layers. Linear probes of its patch features separated circle from square at 0.52-0.60 (chance 0.33), while the
+    ResNet classifier is at 1.0: at 24 px the ViT did not learn the one-pixel corner differences between a circle and
+    a square. Issue 16 took the decision to give the detector a convolutional trunk."""
     from rewards.preprocess import CLIP_MEAN, CLIP_STD, normalize
 
     torch.manual_seed(seed)
     tokenizer = models.build_tokenizer()
-    model = OwlViTForObjectDetection(models.detector_config())
-    patch = model.config.vision_config.patch_size
+    model = models.ConvDetector(models.detector_config())
+    cell = world.RESOLUTION // 6  # the trunk's grid: 6 × 6 cells of 4 px
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     data = Batches(seed + 3, batch_size)
     rng = np.random.default_rng(seed)
@@ -364,12 +363,10 @@ def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, 
         for g in opt.param_groups:
             g["lr"] = cosine_lr(step, steps, lr)
         images, scenes = data.next()
-        queries, target = detector_targets(scenes, rng, patch)
+        queries, target = detector_targets(scenes, rng, cell)
         ids, mask = models.tokenize(tokenizer, [q for qs in queries for q in qs])
         logits = model(input_ids=ids, attention_mask=mask, pixel_values=normalize(images, CLIP_MEAN, CLIP_STD)).logits
-        # per patch and query: does the queried coloured shape cover this patch. Positives are rare (a few patches
-        # of 36): weighted 4x. Tried and worse on held-out scenes: unweighted, 1200 steps (75% accuracy vs 82%);
-        # adding an image-level BCE on the max over patches (training collapsed to constant logits).
+        # positives are rare (a few cells of 36): weighted 4x (unweighted was worse for the ViT detector)
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(4.0))
         update(opt, loss, losses, clip_params=model.parameters())
         if step % 50 == 0:
