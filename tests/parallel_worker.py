@@ -40,10 +40,18 @@ def run(name: str, shard: Shard = SINGLE) -> dict:
     reward = CountingReward()
     m = methods.create(name, backbone, reward, num_steps=4, guidance_scale=5.0, seed=3, lr=1e-2, shard=shard,
                        **SMALL[name])
+    first: list[torch.Tensor] = []  # the gradient the first optimiser step applies (all-reduced and clipped)
+    step = m.optimizer.step
+
+    def recording_step(*a, **k):
+        if not first:
+            first.append(torch.cat([p.grad.reshape(-1) for p in m.params]).clone())
+        return step(*a, **k)
+
+    m.optimizer.step = recording_step
     m.step(PROMPTS)
     out = {"images": [i.clone() for i in reward.images], "prompts": [list(p) for p in reward.prompts],
-           "rewards": [(i * reward.pattern).mean(dim=(1, 2, 3)) * 10 for i in reward.images],
-           "grad": torch.cat([p.grad.reshape(-1) for p in m.params]).clone()}
+           "rewards": [(i * reward.pattern).mean(dim=(1, 2, 3)) * 10 for i in reward.images], "grad": first[0]}
     for _ in range(STEPS - 1):
         m.step(PROMPTS)
     out["params"] = torch.cat([p.detach().reshape(-1) for p in m.params]).clone()

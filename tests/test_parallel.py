@@ -18,6 +18,11 @@ from parallel_worker import SMALL, run
 
 ROOT = Path(__file__).resolve().parent.parent
 NAMES = sorted(SMALL)
+#: DDPO's gradient is scaled by its advantages, (r − mean) / std over the batch: the round-off between sampling in
+#: batches of 2 and of 4 (1e-7 in the images) is divided by the rewards' spread (std 0.016 for this test's reward), so
+#: its first gradient agrees to 4e-5 (measured), not 1e-5; the other methods agree to <= 1.7e-6. (For scale: the same
+#: single-process run with 1 vs 2 threads differs by 5e-6 for DDPO and 6e-6 for DRaFT-1.)
+GRAD_RTOL = {"ddpo": 1e-4}
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +70,7 @@ def test_two_processes_compute_what_one_does(runs, name):
     # the first all-reduced gradient, the same on both ranks, equals the single process's
     assert single["grad"].norm() > 0, f"{name}: a zero gradient would make this comparison vacuous"
     assert torch.equal(ranks[0]["grad"], ranks[1]["grad"])
-    assert _rel(ranks[0]["grad"], single["grad"]) < 1e-5, f"{name}: gradient differs"
+    assert _rel(ranks[0]["grad"], single["grad"]) < GRAD_RTOL.get(name, 1e-5), f"{name}: gradient differs"
     # after 2 optimiser steps: both ranks hold the same LoRA; evaluation agrees with one process's
     assert torch.equal(ranks[0]["params"], ranks[1]["params"])
     assert ranks[0]["total_samples"] == single["total_samples"] == 8
