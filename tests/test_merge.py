@@ -118,6 +118,7 @@ print("4242")
 """
 
 
+@pytest.mark.slow  # whole bench processes, minutes: run by .ci/run after the suite
 def test_slurm_example_shards_a_preset_over_a_fake_array_and_merges(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

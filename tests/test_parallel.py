@@ -97,6 +97,7 @@ def test_num_processes_refuses_a_batch_that_does_not_split_before_launching(tmp_
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "quick").exists()
 
 
+@pytest.mark.slow  # whole bench processes, minutes: run by .ci/run after the suite
 def test_a_data_parallel_cell_preempted_then_crashed_then_resumed(tmp_path):
     """`--num-processes 2` on the CLI (torch's launcher). SIGTERM to the launcher: both processes save after the same
     step and stop, the cell is `preempted`. A rank killed (SIGKILL) mid-way: the other exits within the timeout (no

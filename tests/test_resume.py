@@ -121,6 +121,7 @@ def straight(tmp_path_factory):
     return _outcome(out)
 
 
+@pytest.mark.slow  # whole bench processes, minutes: run by .ci/run after the suite
 def test_preempted_then_killed_then_resumed_equals_an_uninterrupted_run(tmp_path, straight):
     """A grid gets SIGTERM (a scheduler's, before preemption): its cell saves after the step, records itself
     `preempted` and the grid exits. The next run resumes it and then its cell process is SIGKILLed: the grid records
