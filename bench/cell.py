@@ -111,7 +111,7 @@ class CellSpec:
             raise ValueError("train and eval prompt lists must not be empty")
         factory = methods.get(self.method)
         if hasattr(factory, "check_batch"):
-            factory.check_batch(self.batch_size)
+            factory.check_batch(self.batch_size, self.method_kwargs)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
         if self.device.startswith("cuda:") and int(self.device[5:]) >= torch.cuda.device_count():

@@ -128,8 +128,9 @@ class Method:
         return config
 
     @classmethod
-    def check_batch(cls, batch_size: int) -> None:
-        """Raise ``MethodError`` where a batch size makes this method's update identically zero."""
+    def check_batch(cls, batch_size: int, settings: dict | None = None) -> None:
+        """Raise ``MethodError`` where a batch size (with these config ``settings``) makes this method's update
+        identically zero or cannot be run."""
 
     # ------------------------------------------------------------------------------------------- resuming
     def state_dict(self) -> dict[str, Any]:
@@ -194,13 +195,15 @@ class Method:
         start = time.perf_counter()
         self.optimizer.zero_grad(set_to_none=True)
         metrics = self.backward(local)
-        self.shard.all_reduce_grads(self.params, self.grad_reduction)
-        grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads \
-            else torch.zeros(())
-        if self.config.grad_clip > 0 and grads:
-            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
+        grad_norm = torch.zeros(())
+        if metrics.get("optimizer_steps", 1):  # 0: a call that only sampled (DDPO's epoch is not complete yet)
+            self.shard.all_reduce_grads(self.params, self.grad_reduction)
+            grads = [p.grad for p in self.params if p.grad is not None]
+            if grads:
+                grad_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+            if self.config.grad_clip > 0 and grads:
+                torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+            self.optimizer.step()
         self.total_samples += int(metrics["samples"]) * self.shard.world  # equal shards: every rank's count
         self.total_reward_queries += int(metrics["reward_queries"]) * self.shard.world
         out = {k: (v.item() if isinstance(v, torch.Tensor) and v.numel() == 1 else v) for k, v in metrics.items()}

@@ -13,11 +13,17 @@ Algorithm (one ``step(prompts)`` = one DDPO epoch on this batch):
             L = mean( max(−A·ρ, −A·clip(ρ, 1 − ε, 1 + ε)) )                    # PPO clipped surrogate
             accumulate ∇θ L / (#trained positions); then one optimiser step per minibatch (grad clip as configured)
 
-What ``step()`` means here: unlike the gradient methods (one optimiser step per call), one DDPO call samples
-``len(prompts)`` chains and then takes ``inner_epochs × ceil(len(prompts) / minibatch_size)`` optimiser steps, as the
-reference does; ``metrics["optimizer_steps"]`` reports how many, and the harness's ``optimizer_steps`` column sums it
-over the run (``train_steps`` counts the ``step()`` calls). ``samples`` and ``reward_queries`` both equal
-``len(prompts)`` (the PPO epochs reuse the stored transitions and never query the reward again).
+What ``step()`` means here: unlike the gradient methods (one optimiser step per call), DDPO's unit of update is an
+*epoch* of on-policy samples. With ``samples_per_epoch`` = 0 (the default) every ``step(prompts)`` call is an epoch of
+``len(prompts)`` samples. With ``samples_per_epoch`` = E (a multiple of the batch), the calls sample and score their
+batch and store it (no update, ``optimizer_steps`` 0), and the call that completes E samples computes the advantages
+of the whole epoch (the tracker sees its E rewards at once, as ddpo-pytorch's does) and runs the PPO epochs over all
+E: ``inner_epochs × ceil(E / minibatch_size)`` optimiser steps — ddpo-pytorch's structure (its reference: 256 samples
+per epoch in batches of 8 per GPU, minibatches of 64 or 128, one inner epoch). Every sample of an epoch comes from the
+same θ_old (no update happens between its batches). ``metrics["optimizer_steps"]`` reports the steps taken, and the
+harness's ``optimizer_steps`` column sums it over the run (``train_steps`` counts the ``step()`` calls). ``samples``
+and ``reward_queries`` both equal ``len(prompts)`` per call (the PPO epochs reuse the stored transitions and never
+query the reward again). A budget that ends mid-epoch leaves the last partial epoch untrained.
 
 Reusing the sampling graph (``reuse_sampling_graph``): the first minibatch of the first inner epoch is trained at
 θ = θ_old, where the PPO term's ρ is exactly 1 and its gradient −A·∇θ log p_θ(x_{t−1} | x_t) is that of the very
@@ -26,7 +32,8 @@ x_t stays data, as in a recomputed term) and their graphs are kept, that minibat
 are backpropagated through the sampling graphs in one backward. "auto" (default) keeps the graphs of as many
 sampling steps as fit in the activation budget (methods/memory.py; the bytes one call saves are measured during the
 first call's recomputed terms, so the first call recomputes everything) and recomputes the terms of the other steps;
-it applies when the first minibatch is the whole batch. true forces every step, false never. Same gradient as the
+it applies when the first minibatch is the whole epoch and the epoch is one batch (the graphs of an epoch's earlier
+batches are not kept). true forces every step, false never. Same gradient as the
 recomputation (which reproduces ρ = 1 up to rounding), one denoiser forward fewer per term; trl and ddpo-pytorch
 always recompute.
 
@@ -57,6 +64,7 @@ class DDPOConfig(MethodConfig):
     timestep_fraction: float = 1.0  # fraction of each trajectory's (nonzero-σ) transitions trained per inner epoch
     inner_epochs: int = 1          # PPO passes over the stored transitions per step() (reference default 1)
     minibatch_size: int = 64       # samples per optimiser step (reference: 256 samples per epoch → 4 steps)
+    samples_per_epoch: int = 0     # samples per PPO epoch (reference 256), a multiple of the batch; 0: one batch
     buffer_size: int = 16          # per-prompt reward buffer (persists across step() calls)
     min_count: int = 16            # below this many rewards, a prompt uses the batch's mean/std
     reuse_sampling_graph: bool | str = "auto"  # train the first minibatch through the sampling graphs (docstring)
@@ -75,6 +83,8 @@ class DDPOConfig(MethodConfig):
             raise MethodError(f"inner_epochs must be >= 1, got {self.inner_epochs}")
         if self.minibatch_size < 1:
             raise MethodError(f"minibatch_size must be >= 1, got {self.minibatch_size}")
+        if self.samples_per_epoch < 0:
+            raise MethodError(f"samples_per_epoch must be >= 0 (0: one batch per epoch), got {self.samples_per_epoch}")
         if self.reuse_sampling_graph not in (True, False, "auto"):
             raise MethodError(f"reuse_sampling_graph must be true, false or \"auto\", got "
                               f"{self.reuse_sampling_graph!r}")
@@ -116,13 +126,18 @@ class DDPO(Method):
     REFERENCE = dict(num_steps=50, guidance_scale=5.0, eta=1.0, sampler="ddim", lr=3e-4, weight_decay=1e-4,
                      grad_clip=1.0, clip_range=1e-4, adv_clip_max=5.0)
 
-    STATE_ATTRS = Method.STATE_ATTRS + ("tracker",)  # the per-prompt reward buffers carry across epochs
+    #: the per-prompt reward buffers carry across epochs; the batches sampled so far of an unfinished epoch
+    STATE_ATTRS = Method.STATE_ATTRS + ("tracker", "_epoch")
     #: each PPO term is normalised by the whole minibatch's size, whose rows are not split evenly over processes
     grad_reduction = "sum"
 
     @classmethod
-    def check_batch(cls, batch_size: int) -> None:
-        if batch_size < 2:
+    def check_batch(cls, batch_size: int, settings: dict | None = None) -> None:
+        per_epoch = (settings or {}).get("samples_per_epoch", 0)
+        if per_epoch and per_epoch % batch_size:
+            raise MethodError(f"ddpo: samples_per_epoch {per_epoch} is not a multiple of the batch size {batch_size} "
+                              f"(an epoch is a whole number of sampled batches)")
+        if batch_size < 2 and not per_epoch:
             raise MethodError(f"ddpo: batch_size {batch_size} makes every advantage zero (a reward minus the mean of a "
                               f"batch of one, until a prompt has min_count rewards of its own), so the update is zero; "
                               f"use batch_size >= 2")
@@ -131,6 +146,7 @@ class DDPO(Method):
         super().__init__(backbone, reward, config, **kw)
         c = self.config
         self.tracker = PerPromptStatTracker(c.buffer_size, c.min_count)
+        self._epoch: list[dict] = []  # the batches sampled so far of the current epoch (samples_per_epoch > 0)
         # zero-σ transitions are deterministic: no log-density, excluded from the PPO terms (see module docstring)
         self.trainable_indices = torch.nonzero(self.schedule.sigma(c.eta) > 0).flatten().cpu()
         if len(self.trainable_indices) == 0:
@@ -196,39 +212,64 @@ class DDPO(Method):
         batch = len(prompts)  # this process's samples: rows lo..hi-1 of the whole batch
         everyone = self.batch_prompts if self.shard.distributed else list(prompts)
         global_batch = len(everyone)
+        per_epoch = c.samples_per_epoch or global_batch
+        self.check_batch(global_batch, {"samples_per_epoch": c.samples_per_epoch})
         lo, hi = self.shard.span(global_batch)
-        keep = self.kept_steps(batch, global_batch)
+        keep = self.kept_steps(batch, global_batch) if per_epoch == global_batch else self.trainable_indices[:0]
         cond, trajectory, log_probs, rewards = self.collect(prompts, keep)
+        # the per-prompt statistics see every process's rewards (as ddpo-pytorch gathers them); each keeps its rows
+        gathered = self.shard.all_gather(rewards)
+        if per_epoch > global_batch:
+            self._epoch.append({"everyone": list(everyone), "prompts": list(prompts), "trajectory": trajectory,
+                                "log_probs": log_probs.detach(), "rewards": rewards, "gathered": gathered})
+            if len(self._epoch) * global_batch < per_epoch:  # the epoch is not complete: sample only
+                return {"reward": rewards.detach().float().mean(),
+                        "reward_std": rewards.detach().float().std(unbiased=False), "samples": batch,
+                        "reward_queries": batch, "optimizer_steps": 0, "epoch_samples": len(self._epoch) * global_batch}
+            parts, self._epoch = self._epoch, []
+            everyone = [p for b in parts for p in b["everyone"]]
+            prompts = [p for b in parts for p in b["prompts"]]
+            with self.timer("sampling"):  # the text encoder is frozen: re-encoding the epoch's prompts is exact
+                cond = self.backbone.encode_prompts(prompts)
+            trajectory = torch.cat([b["trajectory"] for b in parts])
+            log_probs = torch.cat([b["log_probs"] for b in parts])
+            rewards = torch.cat([b["rewards"] for b in parts])
+            gathered = torch.cat([b["gathered"] for b in parts])
+        epoch_size = len(everyone)
+        # this process's rows of the epoch, as indices into the whole epoch (batch k's rows lo..hi-1 are k·G+lo..)
+        local_rows = torch.arange(len(prompts))
+        to_global = (local_rows // batch) * global_batch + lo + local_rows % batch
+        owner = torch.full((epoch_size,), -1, dtype=torch.long)
+        owner[to_global] = local_rows
         old_log_probs = log_probs.detach()
         kept_log_probs = log_probs if len(keep) else None
         is_kept = torch.zeros(c.num_steps, dtype=torch.bool)
         is_kept[keep] = True
         measure = (c.reuse_sampling_graph == "auto" and c.minibatch_size >= global_batch
-                   and batch not in self._call_bytes)
-        # the per-prompt statistics see every process's rewards (as ddpo-pytorch gathers them); each keeps its rows
-        advantages = self.tracker.update(everyone, self.shard.all_gather(rewards))
-        advantages = advantages[lo:hi].clamp(-c.adv_clip_max, c.adv_clip_max)
+                   and per_epoch == global_batch and batch not in self._call_bytes)
+        advantages = self.tracker.update(everyone, gathered)
+        advantages = advantages[to_global.to(advantages.device)].clamp(-c.adv_clip_max, c.adv_clip_max)
         steps = self.trainable_indices
         trained_per_sample = max(1, int(len(steps) * c.timestep_fraction))
         cpu = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,), generator=self.generator,
                                                               device=self.generator.device)))
-        minibatches = math.ceil(global_batch / c.minibatch_size)
+        minibatches = math.ceil(epoch_size / c.minibatch_size)
         zero = torch.zeros((), device=trajectory.device)
         totals = {"approx_kl": zero, "clipfrac": zero, "loss": zero}  # tensors: no host sync per PPO term
         terms = 0
         reused = 0
         with self.timer("backward"):
             for epoch in range(c.inner_epochs):
-                # the whole batch's shuffles, drawn alike on every process (each then trains the rows it holds)
-                order = torch.randperm(global_batch, generator=cpu)
+                # the whole epoch's shuffles, drawn alike on every process (each then trains the rows it holds)
+                order = torch.randperm(epoch_size, generator=cpu)
                 # each sample's own random order of its transitions (timesteps shuffled per sample)
                 per_sample = torch.stack([steps[torch.randperm(len(steps), generator=cpu)]
-                                          for _ in range(global_batch)])
+                                          for _ in range(epoch_size)])
                 for m in range(minibatches):
                     members = order[m * c.minibatch_size:(m + 1) * c.minibatch_size]
                     size = len(members)  # every process normalises by the whole minibatch
-                    mine = members[(members >= lo) & (members < hi)]
-                    rows = mine - lo
+                    mine = members[owner[members] >= 0]
+                    rows = owner[mine]
                     self.optimizer.zero_grad(set_to_none=True)
                     first = epoch == 0 and m == 0 and kept_log_probs is not None
                     through_sampling = zero  # the terms backpropagated through the sampling graphs, in one backward
@@ -270,7 +311,9 @@ class DDPO(Method):
                             torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
                         self.optimizer.step()
         metrics = {k: v / max(terms, 1) for k, v in totals.items()}
-        metrics.update(reward=rewards.detach().float().mean(), reward_std=rewards.detach().float().std(unbiased=False),
+        metrics.update(reward=rewards[-batch:].detach().float().mean(),
+                       reward_std=rewards[-batch:].detach().float().std(unbiased=False),
+                       epoch_reward=gathered.detach().float().mean(), epoch_samples=epoch_size,
                        advantage_abs=advantages.abs().mean(), samples=batch, reward_queries=batch,
                        optimizer_steps=c.inner_epochs * minibatches, ppo_terms=terms,
                        reused_terms=reused, **self.tracker.stats())

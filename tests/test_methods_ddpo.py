@@ -156,3 +156,56 @@ def test_rows_at_different_steps_take_one_guided_denoiser_call():
         handle.remove()
     assert calls == [6]  # one call: 3 rows x (uncond, cond)
     assert (new.detach() - old[torch.arange(3), torch.tensor([4, 0, 2])]).abs().max() < 1e-6
+
+
+def test_an_epoch_of_several_batches_samples_first_then_updates_on_all_of_it(monkeypatch):
+    """samples_per_epoch = 8 with batches of 4: the first call only samples (no optimiser step, LoRA and Adam
+    untouched); the second computes the advantages of all 8 rewards at once and trains every row of the epoch with
+    its own advantage, its own trajectory and its own prompt (checked by re-scoring each trained row's final image)."""
+    import methods.ddpo as ddpo_mod
+
+    backbone = tiny_backbone()
+    reward = CountingReward()
+    m = methods.create("ddpo", backbone, reward, num_steps=3, guidance_scale=5.0, eta=1.0, samples_per_epoch=8,
+                       minibatch_size=4, buffer_size=16, min_count=16)
+    before = [p.detach().clone() for p in m.params]
+    first = m.step(PROMPTS[:2] * 2)
+    assert first["optimizer_steps"] == 0 and first["epoch_samples"] == 4
+    assert all(torch.equal(p, b) for p, b in zip(m.params, before)) and not m.optimizer.state
+    assert sum(len(b) for b in m.tracker.buffers.values()) == 0  # no advantages before the epoch is complete
+    seen = []
+    real_terms = ddpo_mod.ppo_clipped_terms
+
+    def recording(new, old, advantages, clip_range):
+        seen.append(advantages.detach().clone())
+        return real_terms(new, old, advantages, clip_range)
+
+    recorded_rows = []
+    real_log_probs = m.transition_log_probs
+
+    def recording_rows(trajectory, cond, rows, indices, grad=True):
+        recorded_rows.append((trajectory, rows.clone()))
+        return real_log_probs(trajectory, cond, rows, indices, grad)
+
+    monkeypatch.setattr(ddpo_mod, "ppo_clipped_terms", recording)
+    monkeypatch.setattr(m, "transition_log_probs", recording_rows)
+    second = m.step([PROMPTS[2]] * 4)
+    assert second["optimizer_steps"] == 2 and second["epoch_samples"] == 8
+    assert any(not torch.equal(p, b) for p, b in zip(m.params, before))
+    assert sum(len(b) for b in m.tracker.buffers.values()) == 8  # all 8 rewards reached the tracker together
+    all_rewards = torch.cat([(img * reward.pattern).mean(dim=(1, 2, 3)) * 10 for img in reward.images])
+    expected_adv = ((all_rewards - all_rewards.mean()) / (all_rewards.std(unbiased=False) + 1e-6)).clamp(-5, 5)
+    trajectory = recorded_rows[0][0]
+    assert trajectory.shape[0] == 8
+    final_images = backbone.decode(trajectory[:, -1])
+    own = (final_images * reward.pattern).mean(dim=(1, 2, 3)) * 10
+    torch.testing.assert_close(own, all_rewards, rtol=1e-5, atol=1e-6)  # trajectories in the rewards' order
+    for (_, rows), adv in zip(recorded_rows, seen):
+        torch.testing.assert_close(adv, expected_adv[rows], rtol=1e-5, atol=1e-6)
+    assert sorted(torch.cat([r for _, r in recorded_rows]).unique().tolist()) == list(range(8))
+
+
+def test_samples_per_epoch_must_be_a_whole_number_of_batches():
+    with pytest.raises(methods.MethodError, match="not a multiple"):
+        methods.get("ddpo").check_batch(3, {"samples_per_epoch": 8})
+    methods.get("ddpo").check_batch(4, {"samples_per_epoch": 8})

@@ -198,6 +198,20 @@ def test_a_few_training_steps_lower_the_loss(part, steps, kw, tmp_path):
     assert np.mean(history[-k:]) < np.mean(history[:k]), history
 
 
+def test_caption_reader_reads_rendered_scenes_and_catches_a_wrong_caption():
+    """The caption-following gates' reader is right on rendered scenes (they show their caption exactly), and the
+    same images scored against other scenes' captions fail the gates."""
+    from bench.testbed.gates import caption_following
+
+    images, scenes = world.generate(256, seed=11, split="heldout")
+    captions = [s.caption for s in scenes]
+    right = caption_following(world.to_float(images), captions)
+    assert right["background"] == 1.0 and right["multi_object_colours"] == 1.0, right
+    assert right["object_count"] >= 0.95, right
+    wrong = caption_following(world.to_float(images), captions[1:] + captions[:1])
+    assert wrong["background"] < 0.6 and wrong["multi_object_colours"] < 0.6 and wrong["object_count"] < 0.7, wrong
+
+
 def test_gate_query_kinds():
     from bench.testbed.gates import query_kind
 

@@ -45,6 +45,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                     help="diffusion only: wall-time cap; the learning-rate schedule follows the cap")
     tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     tr.add_argument("--resume", action="store_true", help="diffusion only: continue from the committed weights")
+    tr.add_argument("--offset-noise", type=float, default=None,
+                    help="diffusion only: std of a per-image, per-channel constant added to the training noise")
     tr.add_argument("--lr", type=float, default=None, help="diffusion only: peak learning rate (default 1e-3)")
     tr.add_argument("--out-dir", default=str(DEFAULT_OUT / "weights"),
                     help="where the weights go (default runs/testbed/weights; bench/testbed/weights replaces the "
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["resume"] = True
         if args.lr:
             extra["lr"] = args.lr
+        if args.offset_noise:
+            extra["offset_noise"] = args.offset_noise
         out_dir.mkdir(parents=True, exist_ok=True)
         if not committed and args.part == "aesthetic" and not (out_dir / "clip").exists():
             import shutil  # the aesthetic head reads the small CLIP's features: start from the committed CLIP
