@@ -213,7 +213,8 @@ class DDPO(Method):
         everyone = self.batch_prompts if self.shard.distributed else list(prompts)
         global_batch = len(everyone)
         per_epoch = c.samples_per_epoch or global_batch
-        self.check_batch(global_batch, {"samples_per_epoch": c.samples_per_epoch})
+        if per_epoch % global_batch:
+            raise MethodError(f"ddpo: samples_per_epoch {per_epoch} is not a multiple of the batch size {global_batch}")
         lo, hi = self.shard.span(global_batch)
         keep = self.kept_steps(batch, global_batch) if per_epoch == global_batch else self.trainable_indices[:0]
         cond, trajectory, log_probs, rewards = self.collect(prompts, keep)
