@@ -118,6 +118,12 @@ def ppo_stats(log_prob_new: torch.Tensor, log_prob_old: torch.Tensor, clip_range
             "clipfrac": ((torch.exp(log_ratio) - 1.0).abs() > clip_range).float().mean()}
 
 
+def check_epoch(samples_per_epoch: int, batch_size: int) -> None:
+    if samples_per_epoch and samples_per_epoch % batch_size:
+        raise MethodError(f"ddpo: samples_per_epoch {samples_per_epoch} is not a multiple of the batch size "
+                          f"{batch_size} (an epoch is a whole number of sampled batches)")
+
+
 @register("ddpo", "DDPO (PPO): policy gradient over recorded stochastic trajectories; any (even non-differentiable) reward")
 class DDPO(Method):
     name = "ddpo"
@@ -134,9 +140,7 @@ class DDPO(Method):
     @classmethod
     def check_batch(cls, batch_size: int, settings: dict | None = None) -> None:
         per_epoch = (settings or {}).get("samples_per_epoch", 0)
-        if per_epoch and per_epoch % batch_size:
-            raise MethodError(f"ddpo: samples_per_epoch {per_epoch} is not a multiple of the batch size {batch_size} "
-                              f"(an epoch is a whole number of sampled batches)")
+        check_epoch(per_epoch, batch_size)
         if batch_size < 2 and not per_epoch:
             raise MethodError(f"ddpo: batch_size {batch_size} makes every advantage zero (a reward minus the mean of a "
                               f"batch of one, until a prompt has min_count rewards of its own), so the update is zero; "
@@ -213,8 +217,7 @@ class DDPO(Method):
         everyone = self.batch_prompts if self.shard.distributed else list(prompts)
         global_batch = len(everyone)
         per_epoch = c.samples_per_epoch or global_batch
-        if per_epoch % global_batch:
-            raise MethodError(f"ddpo: samples_per_epoch {per_epoch} is not a multiple of the batch size {global_batch}")
+        check_epoch(c.samples_per_epoch, global_batch)
         lo, hi = self.shard.span(global_batch)
         keep = self.kept_steps(batch, global_batch) if per_epoch == global_batch else self.trainable_indices[:0]
         cond, trajectory, log_probs, rewards = self.collect(prompts, keep)
@@ -222,7 +225,7 @@ class DDPO(Method):
         gathered = self.shard.all_gather(rewards)
         if per_epoch > global_batch:
             self._epoch.append({"everyone": list(everyone), "prompts": list(prompts), "trajectory": trajectory,
-                                "log_probs": log_probs.detach(), "rewards": rewards, "gathered": gathered})
+                                "log_probs": log_probs.detach(), "gathered": gathered})
             if len(self._epoch) * global_batch < per_epoch:  # the epoch is not complete: sample only
                 return {"reward": rewards.detach().float().mean(),
                         "reward_std": rewards.detach().float().std(unbiased=False), "samples": batch,
@@ -234,7 +237,6 @@ class DDPO(Method):
                 cond = self.backbone.encode_prompts(prompts)
             trajectory = torch.cat([b["trajectory"] for b in parts])
             log_probs = torch.cat([b["log_probs"] for b in parts])
-            rewards = torch.cat([b["rewards"] for b in parts])
             gathered = torch.cat([b["gathered"] for b in parts])
         epoch_size = len(everyone)
         # this process's rows of the epoch, as indices into the whole epoch (batch k's rows lo..hi-1 are k·G+lo..)
@@ -312,8 +314,7 @@ class DDPO(Method):
                             torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
                         self.optimizer.step()
         metrics = {k: v / max(terms, 1) for k, v in totals.items()}
-        metrics.update(reward=rewards[-batch:].detach().float().mean(),
-                       reward_std=rewards[-batch:].detach().float().std(unbiased=False),
+        metrics.update(reward=rewards.detach().float().mean(), reward_std=rewards.detach().float().std(unbiased=False),
                        epoch_reward=gathered.detach().float().mean(), epoch_samples=epoch_size,
                        advantage_abs=advantages.abs().mean(), samples=batch, reward_queries=batch,
                        optimizer_steps=c.inner_epochs * minibatches, ppo_terms=terms,
