@@ -48,7 +48,7 @@ def read_prompts(name_or_path: str) -> list[str]:
 
 #: fields added after results were committed: left out of a cell's identity while at their default (None), so the
 #: ids of existing cells do not change
-OPTIONAL_IDENTITY = ("resolution", "vae_path")
+OPTIONAL_IDENTITY = ("resolution", "vae_path", "cross_rewards")
 
 
 @dataclass
@@ -60,6 +60,9 @@ class CellSpec:
     #: evaluation rewards (name -> kwargs); the first is the headline. Default: the training reward's reference
     #: (e.g. the true JPEG size for the surrogate) or the training reward itself.
     eval_rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: rewards of the task's world it is not trained on (name -> kwargs), evaluated beside the eval rewards to
+    #: expose reward hacking (the trained reward rising while another falls); names already evaluated are skipped
+    cross_rewards: dict[str, dict[str, Any]] | None = None
     task: str | None = None
     seed: int = 0
     budget: int = 64             # training samples (chains generated)
@@ -112,6 +115,8 @@ class CellSpec:
         factory = methods.get(self.method)
         if hasattr(factory, "check_batch"):
             factory.check_batch(self.batch_size, self.method_kwargs)
+        if hasattr(factory, "check_budget"):
+            factory.check_budget(self.budget, self.method_kwargs)
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
         if self.device.startswith("cuda:") and int(self.device[5:]) >= torch.cuda.device_count():
@@ -197,15 +202,20 @@ def peak_memory_mb(device: torch.device) -> float:
 class Evaluator:
     """Fixed prompts × fixed initial noise, deterministic DDIM (eta = 0), no gradient; scores every eval reward.
 
+    ``eta`` > 0 or ``kind="ddpm"`` (a method's own stochastic training sampler) draws the transitions' noise from a
+    generator seeded by ``seed`` and the batch's first row at every call, so repeated evaluations see the same noise.
+
     With several processes (``shard``) each evaluates a contiguous share of the (prompt, noise) pairs and the scores
-    and images are gathered in order: every process returns the whole evaluation."""
+    and images are gathered in order: every process returns the whole evaluation (a stochastic sampler's transition
+    noise then depends on the number of processes)."""
 
     def __init__(self, backbone, eval_rewards: dict[str, torch.nn.Module], prompts: list[str], *, num_steps: int,
                  guidance_scale: float, images_per_prompt: int, seed: int, batch_size: int = 16,
-                 shard: Shard = SINGLE):
+                 shard: Shard = SINGLE, eta: float = 0.0, kind: str = "ddim"):
         self.backbone, self.rewards, self.shard = backbone, eval_rewards, shard
         self.prompts = [p for p in prompts for _ in range(images_per_prompt)]
         self.num_steps, self.guidance_scale, self.batch_size = num_steps, guidance_scale, batch_size
+        self.eta, self.kind, self.seed = eta, kind, seed
         gen = torch.Generator().manual_seed(seed)  # CPU generator: identical noise on every device
         self.noise = torch.randn(backbone.latent_shape(len(self.prompts)), generator=gen).to(backbone.device)
         n, w, r = len(self.prompts), shard.world, shard.rank
@@ -220,8 +230,11 @@ class Evaluator:
             j = min(i + self.batch_size, hi)
             prompts = self.prompts[i:j]
             cond = self.backbone.encode_prompts(prompts)
+            stochastic = self.eta > 0 or self.kind == "ddpm"
             out = sample(self.backbone, cond, self.noise[i:j], num_steps=self.num_steps,
-                         guidance_scale=self.guidance_scale, eta=0.0)
+                         guidance_scale=self.guidance_scale, eta=self.eta, kind=self.kind,
+                         generator=torch.Generator(self.noise.device).manual_seed(self.seed + 1 + i)
+                         if stochastic else None)
             imgs = self.backbone.decode(out.latents)
             for name, reward in self.rewards.items():
                 scores[name].append(reward(imgs, prompts).float().cpu())
@@ -273,6 +286,9 @@ def build(spec: CellSpec, shard: Shard = SINGLE):
             eval_specs[train_reward_name] = dict(spec.reward_kwargs)
     if train_reward_name not in eval_specs and spec.reward not in eval_specs:
         eval_specs[train_reward_name] = dict(spec.reward_kwargs)
+    for name, kw in (spec.cross_rewards or {}).items():
+        if name not in eval_specs and name != spec.reward:
+            eval_specs[name] = dict(kw)
     methods.get(spec.method)  # unknown name -> one line, before building anything heavy
     for name in eval_specs:
         if name not in rewards.available():
@@ -369,15 +385,28 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
                           else cfg.guidance_scale, images_per_prompt=spec.eval_images_per_prompt, seed=spec.eval_seed,
                           shard=shard)
     headline = next(iter(eval_rewards))
+    # the headline reward also under the method's own training sampler (DDPO: eta 1), at the first and the final
+    # evaluation, on the same prompts and initial noise; where that sampler is the shared one, its values are copied
+    own_sampler = dict(num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, eta=cfg.eta, kind=cfg.sampler)
+    own_evaluator = None if own_sampler == dict(num_steps=evaluator.num_steps, guidance_scale=evaluator.guidance_scale,
+                                                eta=0.0, kind="ddim") else Evaluator(
+        backbone, {headline: eval_rewards[headline]}, spec.eval_prompts, images_per_prompt=spec.eval_images_per_prompt,
+        seed=spec.eval_seed, shard=shard, **own_sampler)
+    own_scores: dict[str, float] = {}
     curve: list[dict[str, Any]] = []
 
     eval_images: dict[str, torch.Tensor] = {}
+    first_scores: dict[str, torch.Tensor] = {}
     last_scores: dict[str, torch.Tensor] = {}
 
-    def evaluate(samples: int, queries: int) -> dict[str, float]:
+    def evaluate(samples: int, queries: int, final: bool = False) -> dict[str, float]:
         scores, images = evaluator()
         eval_images["first" if not curve else "last"] = images
+        if not curve:
+            first_scores.update(scores)
         last_scores.update(scores)
+        if own_evaluator is not None and (not curve or final):
+            own_scores["initial" if not curve else "final"] = float(own_evaluator()[0][headline].mean())
         point = {"cell_id": spec.cell_id, "samples": samples, "reward_queries": queries,
                  "train_wall_s": round(train_time, 3)}
         for name, s in scores.items():
@@ -415,6 +444,8 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
             torch.cuda.set_rng_state(saved["cuda_rng"], backbone.device)
         curve[:] = saved["curve"]
         eval_images.update(saved["eval_images"])
+        first_scores.update(saved.get("first_scores", {}))
+        own_scores.update(saved.get("own_scores", {}))
         train_time, totals, next_eval = saved["train_time"], saved["totals"], saved["next_eval"]
         n_steps, optimizer_steps = saved["n_steps"], saved["optimizer_steps"]
         flops_per_sample, counted_samples = saved["flops_per_sample"], saved["counted_samples"]
@@ -431,6 +462,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
             "prompt_rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(backbone.device) if backbone.device.type == "cuda" else None,
             "curve": curve, "eval_images": {k: v.cpu() for k, v in eval_images.items()}, "train_time": train_time,
+            "first_scores": first_scores, "own_scores": own_scores,
             "totals": totals, "next_eval": next_eval, "n_steps": n_steps, "optimizer_steps": optimizer_steps,
             "flops_per_sample": flops_per_sample, "counted_samples": counted_samples})
 
@@ -478,7 +510,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
                 checkpoint()
                 raise Preempted(f"SIGTERM at {method.total_samples} of {spec.budget} samples: state saved in "
                                 f"{state_path}; the same command resumes it")
-    final = evaluate(method.total_samples, method.total_reward_queries)
+    final = evaluate(method.total_samples, method.total_reward_queries, final=True)
     if spec.save_images and lead:
         save_eval_grid(spec.cell_dir() / "eval.png", eval_images, evaluator.prompts, curve[0], final, headline,
                        title=f"{spec.method} on {spec.task or spec.reward}, seed {spec.seed}: {headline}")
@@ -536,7 +568,27 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "weights_version": spec.weights_version, "versions": library_versions(),
         "code_version": code_version(),
     }
+    row["reward_delta_ci95"] = paired_delta_ci95(first_scores.get(headline), last_scores[headline])
+    row["own_sampler"] = "shared" if own_evaluator is None else sampler_label(**own_sampler)
+    row["reward_own_initial"] = own_scores.get("initial", math.nan) if own_evaluator else row["reward_initial"]
+    row["reward_own_final"] = own_scores.get("final", math.nan) if own_evaluator else row["reward_final"]
     for name in list(eval_rewards)[1:]:
         row[f"{name}_initial"] = first[f"{name}_mean"]
         row[f"{name}_final"] = final[f"{name}_mean"]
+        row[f"{name}_delta_ci95"] = paired_delta_ci95(first_scores.get(name), last_scores[name])
     return row, curve
+
+
+def paired_delta_ci95(initial: torch.Tensor | None, final: torch.Tensor) -> float:
+    """Half-width of the 95% interval (Student t) of the mean per-image change final − initial: the same prompts and
+    initial noise before and after training, so the difference is paired. NaN without the initial scores."""
+    if initial is None or len(initial) != len(final) or len(final) < 2:
+        return math.nan
+    from scipy.stats import t
+
+    d = (final.double() - initial.double())
+    return float(t.ppf(0.975, len(d) - 1) * d.std() / math.sqrt(len(d)))
+
+
+def sampler_label(num_steps: int, guidance_scale: float, eta: float, kind: str) -> str:
+    return f"{kind} eta {eta:g}, {num_steps} steps, CFG {guidance_scale:g}"

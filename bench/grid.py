@@ -196,9 +196,9 @@ def merge_run_info(previous: dict | None, new: dict) -> dict:
 
 
 def weights_rewards(cell: dict[str, Any]) -> tuple[str, ...]:
-    """The rewards whose weights a cell's results depend on: training, evaluation and diversity rewards."""
-    return (cell["reward"], *cell.get("eval_rewards", {}), *([cell["diversity_reward"]] if cell.get("diversity_reward")
-                                                             else []))
+    """The rewards whose weights a cell's results depend on: training, evaluation, cross and diversity rewards."""
+    return tuple(dict.fromkeys((cell["reward"], *cell.get("eval_rewards", {}), *(cell.get("cross_rewards") or {}),
+                                *([cell["diversity_reward"]] if cell.get("diversity_reward") else []))))
 
 
 def weights_version(backbone: str, reward_names: Sequence[str]) -> str | None:

@@ -38,6 +38,13 @@ def _pm(mean: float, half: float, seeds: int = 2) -> str:
     return f"{mean:.4g} ± {half:.2g}" if seeds > 1 and math.isfinite(half) else f"{mean:.4g}"
 
 
+def _change(delta: float, half: float) -> str:
+    """A change with its 95% half-width where it has one: ``+0.12 ± 0.05``."""
+    if not math.isfinite(delta):
+        return "Δ –"
+    return f"Δ {delta:+.3g} ± {half:.2g}" if math.isfinite(half) else f"Δ {delta:+.3g}"
+
+
 def tie_groups(means: Sequence[float], halves: Sequence[float]) -> list[int]:
     """Rank groups for methods sorted by mean (descending): a method joins the current group when its 95% interval
     overlaps the group leader's (the best method not yet ranked); the next method that does not starts a new group.
@@ -105,8 +112,33 @@ def _ci_images(std: float, n: float) -> float:
 
 def extra_reward_columns(cells: pd.DataFrame) -> list[str]:
     """Evaluation rewards reported beside the headline (``<name>_final``), e.g. the gold aesthetic."""
-    skip = {"reward_final", "diversity_final"}
+    skip = {"reward_final", "diversity_final", "reward_own_final"}
     return [c for c in cells.columns if c.endswith("_final") and c not in skip]
+
+
+def change_ci95(g: pd.DataFrame, final: str, initial: str, image_half: str) -> tuple[float, float]:
+    """Mean change final − initial of a group's cells and its 95% half-width: Student t over seeds with several
+    seeds, else the cell's paired per-image interval (``image_half``; NaN where the row has none)."""
+    if final not in g or initial not in g:
+        return math.nan, math.nan
+    d = (g[final] - g[initial]).tolist()
+    m, h = metrics.mean_ci95(d)
+    if len(g) == 1:
+        h = float(g[image_half].iloc[0]) if image_half in g and pd.notna(g[image_half].iloc[0]) else math.nan
+    return m, h
+
+
+def hacking_flags(entry: dict, extras: Sequence[str]) -> list[str]:
+    """The untrained rewards (and diversity) that fell beyond their interval while the trained reward rose beyond
+    its own: the lower end of the trained change > 0 and the upper end of the other's < 0 (NaN intervals never
+    flag)."""
+    m, h = entry["delta"], entry["delta_ci95"]
+    if not (math.isfinite(m) and math.isfinite(h) and m - h > 0):
+        return []
+    names = [c[: -len("_final")] for c in extras] + ["diversity"]
+    return [n for n in names if math.isfinite(entry.get(f"{n}_delta", math.nan))
+            and math.isfinite(entry.get(f"{n}_delta_ci95", math.nan))
+            and entry[f"{n}_delta"] + entry[f"{n}_delta_ci95"] < 0]
 
 
 def curve_column(row) -> str:
@@ -151,6 +183,17 @@ def task_summary(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
             m, h = metrics.mean_ci95(g[c].tolist())
             entry[c] = m
             entry[c + "_ci95"] = h
+            name = c[: -len("_final")]
+            entry[f"{name}_delta"], entry[f"{name}_delta_ci95"] = change_ci95(g, c, f"{name}_initial",
+                                                                              f"{name}_delta_ci95")
+        entry["delta"], entry["delta_ci95"] = change_ci95(g, "reward_final", "reward_initial", "reward_delta_ci95")
+        entry["diversity_delta"], entry["diversity_delta_ci95"] = change_ci95(
+            g, "diversity_final", "diversity_initial", "diversity_delta_ci95")  # no per-image interval: seeds only
+        entry["flags"] = hacking_flags(entry, extras)
+        own = g["own_sampler"].dropna().unique().tolist() if "own_sampler" in g else []
+        entry["own_sampler"] = own[0] if len(own) == 1 else ("; ".join(own) if own else "")
+        entry["own_end"] = float(g["reward_own_final"].mean()) if "reward_own_final" in g else math.nan
+        entry["own_start"] = float(g["reward_own_initial"].mean()) if "reward_own_initial" in g else math.nan
         out.append(entry)
     table = pd.DataFrame(out).sort_values("final", ascending=False).reset_index(drop=True)
     table["group"] = rank_groups(table)
@@ -210,7 +253,13 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
                                 "where both have one seed). ") +
               "AUC: mean reward over training (area under reward vs samples). Samples→thr: first evaluated sample "
               "count reaching the task's threshold, half its best gain (initial + ½·(best final − initial)). "
-              "Memory: CUDA max allocated (GPU) or process peak RSS (CPU).", ""]
+              "Memory: CUDA max allocated (GPU) or process peak RSS (CPU). "
+              "Other rewards (the world's rewards a cell was not trained on, and the trained reward's reference) "
+              "are shown as final (Δ = final − initial ± 95% interval: over seeds, or with one seed over the "
+              "evaluation images, paired); \"falls while trained rises\" names those whose interval lies below 0 "
+              "while the headline reward's change lies above 0 (reward hacking). \"Own sampler\": the headline "
+              "reward under the method's training sampler (e.g. DDPO's eta 1) on the same prompts and initial "
+              "noise, where it differs from the shared evaluation's.", ""]
     for task in sorted(cells["task"].dropna().unique()):
         tc = cells[cells["task"] == task]
         summary = task_summary(tc, curves)
@@ -222,9 +271,12 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
             extras = [c for c in summary.columns if c.endswith("_final") and not c.endswith("_ci95")
                       and c != "diversity_final"]
             flops = bool(summary["flops_per_sample"].notna().any())
+            own = bool((summary["own_sampler"].fillna("shared").replace("", "shared") != "shared").any())
             head = ["#", "method", "final", "initial", "AUC", "samples→thr"] + \
-                   [c[: -len("_final")] for c in extras] + \
-                   ["diversity", "seeds", "samples", "queries", "peak MB", "samples/s", "s/step sample·reward·backward"] \
+                   (["final, own sampler"] if own else []) + \
+                   [f"{c[: -len('_final')]} (Δ)" for c in extras] + \
+                   ["diversity (Δ)", "falls while trained rises", "seeds", "samples", "queries", "peak MB",
+                    "samples/s", "s/step sample·reward·backward"] \
                    + (["TFLOP/sample", "MFU"] if flops else [])
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             sizes = summary["group"].value_counts()
@@ -233,14 +285,25 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
                 cols = [rank, f"**{r['method']}**" if r["group"] == 1 else r["method"],
                         _pm(r["final"], r["final_ci95"], r["seeds"]),
                         _fmt(r["initial"]), _fmt(r["auc"]), _fmt(r["samples_to_threshold"])]
-                cols += [_pm(r[c], r[c + "_ci95"], r["seeds"]) for c in extras]
-                cols += [_fmt(r["diversity_final"], 3), str(r["seeds"]), str(r["budget"]), _fmt(r["reward_queries"]),
+                if own:
+                    cols.append("= shared" if r["own_sampler"] in ("shared", "") else
+                                f"{_fmt(r['own_end'])} (from {_fmt(r['own_start'])})")
+                cols += [f"{_pm(r[c], r[c + '_ci95'], r['seeds'])} "
+                         f"({_change(r[c[: -len('_final')] + '_delta'], r[c[: -len('_final')] + '_delta_ci95'])})"
+                         for c in extras]
+                cols += [f"{_fmt(r['diversity_final'], 3)} ({_change(r['diversity_delta'], r['diversity_delta_ci95'])})",
+                         ", ".join(f"**{f}**" for f in r["flags"]) or "–",
+                         str(r["seeds"]), str(r["budget"]), _fmt(r["reward_queries"]),
                          _fmt(r["peak_mem_mb"], 5), _fmt(r["samples_per_s"], 3),
                          f"{_fmt(r['s_sampling'], 2)}·{_fmt(r['s_reward'], 2)}·{_fmt(r['s_backward'], 2)}"]
                 if flops:
                     cols += [_fmt(r["flops_per_sample"] / 1e12, 3),
                              f"{r['mfu']:.1%}" if math.isfinite(r["mfu"]) else "–"]
                 lines.append("| " + " | ".join(cols) + " |")
+            if own:
+                lines += ["", "Own training samplers: " + "; ".join(
+                    f"{r['method']}: {r['own_sampler']}" for _, r in summary.iterrows()
+                    if r["own_sampler"] not in ("shared", "")) + " (the others train with the shared sampler)."]
         failed = tc[tc["status"] != "ok"]
         if not failed.empty:
             lines += ["", "Cells that did not finish cleanly:", ""]

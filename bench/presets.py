@@ -54,8 +54,18 @@ class Preset:
 TESTBED_PROTOCOL = dict(sampler="ddim", num_steps=10, guidance_scale=3.0, eta=0.0)
 SD_PROTOCOL = dict(sampler="ddim", num_steps=50, guidance_scale=7.5, eta=0.0)
 #: DDPO's policy gradient needs stochastic transitions: it samples with eta = 1 (its paper's value); it is still
-#: evaluated like every other method (eta 0, fixed noise)
+#: evaluated like every other method (eta 0, fixed noise), and also under its own eta-1 sampler
 DDPO_ETA = {"ddpo": {"eta": 1.0}}
+
+
+def ddpo_epochs(samples_per_epoch: int, minibatch_size: int) -> dict[str, dict[str, Any]]:
+    """DDPO run as its paper runs it (ddpo-pytorch's configs): its unit of update is an epoch of on-policy samples
+    (reference 256), advantages over the whole epoch, then ``samples_per_epoch / minibatch_size`` PPO steps (reference
+    4) over one inner epoch; eta 1. The per-prompt statistics (buffer 16, min_count 16) take over once a prompt has 16
+    rewards: with the testbed's 40 training prompts after ≈ 640 samples, as in the reference's animal prompts after
+    3 epochs of 256; before that the epoch's mean and standard deviation are the baseline."""
+    return {"ddpo": {"eta": 1.0, "samples_per_epoch": samples_per_epoch, "minibatch_size": minibatch_size,
+                     "inner_epochs": 1}}
 
 #: smoke-real: every method on both real architectures, every real reward at its full architecture (random weights)
 _SMOKE_TASKS = ["compressibility", "aesthetic-animals", "hpsv2", "pickscore", "imagereward", "adversarial-cat",
@@ -82,16 +92,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("quick", "every method × every testbed task on shapes, 1 seed, 32 samples, evaluated on 8 held-out prompts "
            "× 4 noises: the default of --grid",
            ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0], budget=32, batch_size=4, eval_every=16,
-           eval_images_per_prompt=4, protocol=TESTBED_PROTOCOL, method_overrides=DDPO_ETA, device="cpu", jobs=2,
-           expected_time="≈ 16 min on 2 CPU cores (970 s measured)"),
+           eval_images_per_prompt=4, protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(32, 8), device="cpu",
+           jobs=2, expected_time="≈ 16 min on 2 CPU cores (970 s measured)"),
     Preset("ci", "regression subset: 4 methods × 2 testbed tasks, 16 samples (compared with results/ci/baseline.csv)",
            ["ddpo", "draft-1", "draft-lv", "refl"], ["shapes-aesthetic", "shapes-circles-to-squares"],
            backbone="shapes", seeds=[0], budget=16, batch_size=4, eval_every=8, eval_prompts_limit=4,
-           protocol=TESTBED_PROTOCOL,
-           method_overrides=DDPO_ETA, device="cpu", jobs=2, save_images=False, expected_time="≤ 3 min on 2 CPU cores"),
+           protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(16, 4), device="cpu", jobs=2, save_images=False,
+           expected_time="≤ 3 min on 2 CPU cores"),
     Preset("paper", "every method × every testbed task, 3 seeds, 512 samples: the testbed's science run",
            ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0, 1, 2], budget=512, batch_size=8, eval_every=32,
-           protocol=TESTBED_PROTOCOL, method_overrides=DDPO_ETA, device="cpu", jobs=2,
+           protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(64, 16), device="cpu", jobs=2,
            expected_time="≈ 48 min per task on 2 CPU cores (measured: the shapes-aesthetic slice, 24 cells, "
                          "95 cell-minutes in 2 processes), ≈ 5 h for all 6 tasks; slice it with --tasks"),
     Preset("sd15", "the real grid: SD 1.5, the real reward zoo, every method, 3 seeds (GPU)",

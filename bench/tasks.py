@@ -5,7 +5,8 @@ Each task is one JSON file in ``bench/data/tasks/`` (like lm-evaluation-harness'
     {"name": "shapes-circles-to-squares", "suite": "testbed", "backbone": "shapes",
      "reward": "shapes-classifier", "reward_kwargs": {"target": "square"},
      "eval_rewards": {...optional: name -> kwargs; the first is the headline...},
-     "train_prompts": "shapes_circles", "eval_prompts": "shapes_circles_eval", "description": "..."}
+     "train_prompts": "shapes_circles", "eval_prompts": "shapes_circles_eval", "description": "...",
+     "cross_rewards": {...optional: the world's other rewards, reported beside it (reward hacking)...}}
 
 Prompt lists are files in ``bench/data/prompts/`` (one prompt a line). ``suite`` is ``testbed`` (the shapes world,
 CPU) or ``real`` (Stable Diffusion and the real reward zoo).
@@ -35,9 +36,12 @@ class Task:
     description: str = ""
     #: reward whose image tower embeds evaluation images for the diversity metric (same for every method of the task)
     diversity_reward: str | None = None
+    #: the world's other rewards, evaluated beside the task's own to expose reward hacking (name -> kwargs)
+    cross_rewards: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def rewards_needed(self) -> list[str]:
-        return [self.reward, *[n for n in self.eval_rewards if n != self.reward]]
+        names = [self.reward, *self.eval_rewards, *self.cross_rewards]
+        return list(dict.fromkeys(names))
 
     def cell_kwargs(self, method: str | None = None) -> dict[str, Any]:
         """CellSpec fields for this task (the method does not change them: a gradient method on a
@@ -47,7 +51,8 @@ class Task:
         return dict(task=self.name, backbone=self.backbone, reward=self.reward, reward_kwargs=dict(self.reward_kwargs),
                     eval_rewards={k: dict(v) for k, v in self.eval_rewards.items()},
                     train_prompts=read_prompts(self.train_prompts), eval_prompts=read_prompts(self.eval_prompts),
-                    diversity_reward=self.diversity_reward)
+                    diversity_reward=self.diversity_reward,
+                    cross_rewards={k: dict(v) for k, v in self.cross_rewards.items()} or None)
 
 
 def _from_file(path: Path) -> Task:

@@ -146,6 +146,15 @@ class DDPO(Method):
                               f"batch of one, until a prompt has min_count rewards of its own), so the update is zero; "
                               f"use batch_size >= 2")
 
+    @classmethod
+    def check_budget(cls, budget: int, settings: dict | None = None) -> None:
+        """A budget that is not a whole number of epochs would sample its last samples and never train on them."""
+        per_epoch = (settings or {}).get("samples_per_epoch", 0)
+        if per_epoch and budget % per_epoch:
+            raise MethodError(f"ddpo: budget {budget} is not a multiple of samples_per_epoch {per_epoch}: the last "
+                              f"{budget % per_epoch} samples would be drawn and never trained on (give a multiple, or "
+                              f"--set samples_per_epoch=N)")
+
     def __init__(self, backbone, reward, config=None, **kw):
         super().__init__(backbone, reward, config, **kw)
         c = self.config

@@ -104,6 +104,11 @@ def test_presets_share_one_protocol_and_the_paper_preset_has_three_seeds():
     assert quick.budget % quick.eval_every == 0
     assert len(presets.get("paper").seeds) >= 3
     assert presets.get("systems").backbone == "sd15-random"
+    ddpo = presets.get("paper").method_overrides["ddpo"]  # DDPO's epoch of on-policy samples, as its paper runs it
+    assert ddpo["samples_per_epoch"] >= 64 and ddpo["eta"] > 0
+    for p in (presets.get(n) for n in presets.available()):
+        epoch = p.method_overrides.get("ddpo", {}).get("samples_per_epoch", 0)
+        assert not epoch or p.budget % epoch == 0, p.name
     with pytest.raises(ValueError, match="unknown preset"):
         presets.get("nope")
 
@@ -155,3 +160,100 @@ def test_claims_read_each_method_at_its_own_budget_and_find_the_gold_peak():
             "(10× fewer). Measured: draft-1 100. Verdict: holds.") in text
     assert ("Measured: proxy 0 → 3, gold 5 → 4.5; gold peaks at 6.5 after 100 samples, then falls by 2 while the "
             "proxy changes by +1.8. Verdict: holds.") in text
+
+
+def test_paired_delta_interval_is_the_student_t_interval_of_per_image_changes():
+    from scipy.stats import t
+
+    from bench.cell import paired_delta_ci95
+
+    initial = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    final = initial + torch.tensor([0.5, 0.7, 0.4, 0.8])  # a shift common to all images is not noise
+    d = torch.tensor([0.5, 0.7, 0.4, 0.8], dtype=torch.float64)
+    assert paired_delta_ci95(initial, final) == pytest.approx(float(t.ppf(0.975, 3) * d.std() / 2))
+    assert paired_delta_ci95(initial, final + 10) == pytest.approx(paired_delta_ci95(initial, final))
+    assert math.isnan(paired_delta_ci95(None, final)) and math.isnan(paired_delta_ci95(initial[:3], final))
+
+
+def _hacking_board(tmp_path, cells):
+    from bench import leaderboard
+
+    rows, curves = [], []
+    for i, c in enumerate(cells):
+        cid = f"c{i}"
+        rows.append(dict(cell_id=cid, backbone="shapes", method=c["method"], task="t", seed=c.get("seed", 0),
+                         protocol="shared", budget=8, status="ok", message="", eval_reward="r", reward_initial=1.0,
+                         reward_final=c["final"], reward_final_std=0.1, reward_auc=1.0, samples=8, reward_queries=8,
+                         peak_mem_mb=1.0, samples_per_s=1.0, s_per_step_sampling=0.1, s_per_step_reward=0.1,
+                         s_per_step_backward=0.1, diversity_initial=0.2, diversity_final=0.2, eval_images=32,
+                         reward_delta_ci95=c["half"], **{"gold_initial": 5.0, "gold_final": c["gold"],
+                                                         "gold_delta_ci95": c["gold_half"]}))
+        curves += [dict(cell_id=cid, samples=0, r_mean=1.0), dict(cell_id=cid, samples=8, r_mean=c["final"])]
+    pd.DataFrame(rows).to_csv(tmp_path / "cells.csv", index=False)
+    pd.DataFrame(curves).to_csv(tmp_path / "curves.csv", index=False)
+    text = leaderboard.build(tmp_path, plots=False)
+    return {ln.split(" | ")[1].strip("*"): ln for ln in text.splitlines() if ln.startswith("| ") and " | t" not in ln
+            and not ln.startswith("| #") and not ln.startswith("|---")}
+
+
+def test_leaderboard_flags_a_trained_reward_rising_while_another_falls_beyond_its_interval(tmp_path):
+    """One seed: the paired per-image intervals decide. The flag needs both ends: the trained reward's change above
+    0 and the other's below 0; an interval that straddles 0 on either side does not flag."""
+    rows = _hacking_board(tmp_path, [
+        dict(method="hacks", final=2.0, half=0.5, gold=4.0, gold_half=0.5),        # +1 ± 0.5 and −1 ± 0.5
+        dict(method="noisy-gold", final=2.0, half=0.5, gold=4.0, gold_half=1.5),   # gold's interval holds 0
+        dict(method="not-rising", final=1.2, half=0.5, gold=4.0, gold_half=0.5),   # trained change holds 0
+        dict(method="both-up", final=2.0, half=0.5, gold=6.0, gold_half=0.5)])
+    assert "**gold**" in rows["hacks"] and "gold: Δ" not in rows["hacks"]
+    assert "Δ -1 ± 0.5" in rows["hacks"]
+    for name in ("noisy-gold", "not-rising", "both-up"):
+        assert "**gold**" not in rows[name], name
+
+
+def test_leaderboard_change_intervals_are_over_seeds_when_there_are_several(tmp_path):
+    """Three seeds: the interval is Student t over the seeds' changes, the per-image halves are not used (they
+    would call this a clear fall)."""
+    rows = _hacking_board(tmp_path, [dict(method="m", seed=s, final=2.0, half=0.01, gold=g, gold_half=0.01)
+                                     for s, g in enumerate([3.0, 5.5, 5.2])])
+    from scipy.stats import t
+
+    d = pd.Series([-2.0, 0.5, 0.2])
+    half = t.ppf(0.975, 2) * d.std() / math.sqrt(3)
+    assert f"Δ {d.mean():+.3g} ± {half:.2g}" in rows["m"] and "**gold**" not in rows["m"]
+
+
+def test_a_cell_reports_cross_rewards_and_its_own_sampler_beside_the_shared_evaluation(tmp_path):
+    """A testbed cell evaluates the task's cross rewards (not trained on) beside its headline, which stays first;
+    DDPO's headline is also scored under its own eta-1 sampler, the same each time it is evaluated on the same
+    weights, and different from the eta-0 shared value; a method sampling like the evaluation copies the shared
+    value."""
+    import bench.testbed  # noqa: F401  (registers the shapes backbone and rewards)
+    from bench import tasks
+    from bench import backbones
+    from bench.cell import CellSpec, Evaluator, run_cell
+    from foundation_testkit import MeanPixelReward
+
+    kw = tasks.get("shapes-add-red-circle").cell_kwargs()
+    kw["eval_prompts"] = kw["eval_prompts"][:2]
+    assert set(kw["cross_rewards"]) == {"shapes-gold-aesthetic", "shapes-alignment"}
+    common = dict(budget=2, batch_size=2, eval_every=2, save_lora=False, save_images=False, results_dir=str(tmp_path),
+                  method_kwargs=dict(num_steps=3, guidance_scale=3.0))
+    spec = CellSpec(method="ddpo", **kw, **{**common, "method_kwargs": dict(common["method_kwargs"], eta=1.0)})
+    backbone = backbones.create("shapes")
+    reward = {"mean": MeanPixelReward(size=24)}
+    own = Evaluator(backbone, reward, spec.eval_prompts, num_steps=3, guidance_scale=3.0, images_per_prompt=1,
+                    seed=5, eta=1.0)
+    shared = Evaluator(backbone, reward, spec.eval_prompts, num_steps=3, guidance_scale=3.0, images_per_prompt=1,
+                       seed=5)
+    a, b, c = own()[1], own()[1], shared()[1]
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+
+    row, curve = run_cell(spec)
+    assert row["eval_reward"] == "shapes-detector" and row["own_sampler"] == "ddim eta 1, 3 steps, CFG 3"
+    assert [k[: -len("_mean")] for k in curve[0] if k.endswith("_mean")] == [
+        "shapes-detector", "shapes-gold-aesthetic", "shapes-alignment"]
+    for name in ("shapes-gold-aesthetic", "shapes-alignment"):
+        assert math.isfinite(row[f"{name}_final"]) and math.isfinite(row[f"{name}_delta_ci95"])
+    assert math.isfinite(row["reward_own_final"]) and row["reward_own_initial"] != row["reward_initial"]
+    row, _ = run_cell(CellSpec(method="draft-1", **kw, **common))
+    assert row["own_sampler"] == "shared" and row["reward_own_final"] == row["reward_final"]

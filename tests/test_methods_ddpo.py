@@ -209,3 +209,16 @@ def test_samples_per_epoch_must_be_a_whole_number_of_batches():
     with pytest.raises(methods.MethodError, match="not a multiple"):
         methods.get("ddpo").check_batch(3, {"samples_per_epoch": 8})
     methods.get("ddpo").check_batch(4, {"samples_per_epoch": 8})
+
+
+def test_a_budget_must_be_a_whole_number_of_epochs_and_the_cell_refuses_it_before_loading():
+    """The last partial epoch would be sampled and never trained on: refused with one line (a CellSpec validates
+    it before anything heavy is built)."""
+    from bench.cell import CellSpec
+
+    with pytest.raises(methods.MethodError, match="budget 24 is not a multiple of samples_per_epoch 16"):
+        methods.get("ddpo").check_budget(24, {"samples_per_epoch": 16})
+    methods.get("ddpo").check_budget(32, {"samples_per_epoch": 16})
+    methods.get("ddpo").check_budget(24, {})  # one batch per epoch: any budget
+    with pytest.raises(methods.MethodError, match="samples_per_epoch=N"):
+        CellSpec(method="ddpo", budget=24, batch_size=4, method_kwargs={"samples_per_epoch": 16}).validate()

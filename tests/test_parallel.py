@@ -111,7 +111,7 @@ def test_a_data_parallel_cell_preempted_then_crashed_then_resumed(tmp_path):
 
     cmd = [sys.executable, "-m", "bench", "run", "--method", "ddpo", "--task", "shapes-aesthetic", "--budget", "24",
            "--batch-size", "4", "--eval-every", "4", "--eval-prompts", "2", "--eval-images", "1",
-           "--num-processes", "2", "--results-dir", str(tmp_path)]
+           "--set", "samples_per_epoch=8", "--num-processes", "2", "--results-dir", str(tmp_path)]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cells = tmp_path / "quick" / "cells.csv"
 

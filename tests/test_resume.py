@@ -63,7 +63,7 @@ def test_a_state_of_another_lora_is_refused():
 
 # ----------------------------------------------------------------------------------------------- whole cells
 CELL = ["--method", "{method}", "--task", "shapes-aesthetic", "--budget", "24", "--batch-size", "4", "--eval-every",
-        "4", "--eval-prompts", "2", "--eval-images", "1", "--device", "cpu"]
+        "4", "--eval-prompts", "2", "--eval-images", "1", "--device", "cpu", "--set", "samples_per_epoch=8"]
 
 
 def _cmd(method, results, grid=False):
@@ -107,8 +107,10 @@ def _outcome(results: Path):
 
 
 def _same(a, b):
-    lora_a, curve_a, _ = a
-    lora_b, curve_b, _ = b
+    lora_a, curve_a, rows_a = a
+    lora_b, curve_b, rows_b = b
+    for col in ("reward_own_initial", "reward_own_final", "reward_delta_ci95"):  # the first and the own-sampler
+        assert rows_a[col].tolist() == rows_b[col].tolist(), col                  # scores survive the resume
     assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
     pd.testing.assert_frame_equal(curve_a.reset_index(drop=True), curve_b.reset_index(drop=True), check_exact=True)
 
