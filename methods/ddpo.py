@@ -141,10 +141,11 @@ class DDPO(Method):
     def check_batch(cls, batch_size: int, settings: dict | None = None) -> None:
         per_epoch = (settings or {}).get("samples_per_epoch", 0)
         check_epoch(per_epoch, batch_size)
-        if batch_size < 2 and not per_epoch:
-            raise MethodError(f"ddpo: batch_size {batch_size} makes every advantage zero (a reward minus the mean of a "
-                              f"batch of one, until a prompt has min_count rewards of its own), so the update is zero; "
-                              f"use batch_size >= 2")
+        if max(per_epoch, batch_size) < 2:
+            what = f"samples_per_epoch {per_epoch}" if per_epoch else f"batch_size {batch_size}"
+            raise MethodError(f"ddpo: {what} makes every advantage zero (a reward minus the mean of an epoch of one "
+                              f"sample, until a prompt has min_count rewards of its own), so the update is zero; "
+                              f"use samples_per_epoch >= 2 (or, without epochs, batch_size >= 2)")
 
     @classmethod
     def check_budget(cls, budget: int, settings: dict | None = None) -> None:

@@ -39,13 +39,23 @@ def test_variants_settle_their_fixed_settings():
     assert DRTuneConfig(num_steps=10, trained_steps=3).k == 3
 
 
-def test_ddpo_refuses_a_batch_of_one(capsys, tmp_path):
+@pytest.mark.parametrize("epoch", ["0", "1"])
+def test_ddpo_refuses_an_update_over_one_sample(capsys, tmp_path, epoch):
+    """One sample per update (a batch of one without epochs, or an epoch of one) makes every advantage zero."""
     from bench.cli import main
 
     code = main(["run", "--method", "ddpo", "--task", "shapes-aesthetic", "--batch-size", "1",
-                 "--results-dir", str(tmp_path)])
+                 "--set", f"samples_per_epoch={epoch}", "--results-dir", str(tmp_path)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "batch_size 1 makes every advantage zero" in err
+    what = "batch_size 1" if epoch == "0" else "samples_per_epoch 1"
+    assert code == 2 and len(err.splitlines()) == 1 and f"{what} makes every advantage zero" in err
+
+
+def test_ddpo_takes_a_batch_of_one_inside_an_epoch():
+    """A batch of one is fine when an epoch gathers several: the advantages are over the whole epoch."""
+    from methods.ddpo import DDPO
+
+    DDPO.check_batch(1, {"samples_per_epoch": 8})
 
 
 def test_grid_honours_backbone_path_and_dtype(monkeypatch, tmp_path):
