@@ -20,7 +20,7 @@ from registry import Registry
 
 from .backbone import Backbone
 from .parallel import SINGLE, Shard
-from .sampling import SAMPLER_KINDS, Schedule
+from .sampling import SAMPLER_KINDS, schedule_for
 
 
 class MethodError(ValueError):
@@ -109,7 +109,7 @@ class Method:
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, weight_decay=config.weight_decay,
                                            betas=config.adam_betas)
         self.generator = torch.Generator(device=backbone.device).manual_seed(seed)
-        self.schedule = Schedule(backbone.scheduler, config.num_steps, backbone.device, kind=config.sampler)
+        self.schedule = schedule_for(backbone, config.num_steps, backbone.device, kind=config.sampler)
         self.timer = StepTimer(backbone.device)
         self.total_samples = 0
         self.total_reward_queries = 0

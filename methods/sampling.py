@@ -15,6 +15,16 @@ Notation: ``a_t`` is alpha-bar at the step's timestep, ``a_prev`` at the previou
 ``kind="ddpm"`` gives the DDPM ancestral step (Ho et al. 2020, eq. 6-7) on the same timesteps: the posterior
 q(x_prev | x_t, x0_hat) with variance (1 - a_prev)/(1 - a_t) * (1 - a_t/a_prev), i.e. DDIM's eta = 1 transition,
 with the final step landing on alpha-bar = 1 (x_0 = x0_hat).
+
+``kind="flow"`` (rectified flow: a ``FlowMatchEulerDiscreteScheduler``, SD 3.x and FLUX; chosen automatically for
+such a scheduler) integrates x_s = (1 - s) x_0 + s * noise from s = 1 to 0 on the scheduler's sigmas (its shift
+applied), the model predicting the velocity v = noise - x_0:
+    x0_hat = x_s - s * v,   eps_hat = x_s + (1 - s) * v,   dt = s_next - s  (< 0)
+    eta = 0: the Euler ODE step      x_next = x_s + dt * v                (``FlowMatchEulerDiscreteScheduler.step``)
+    eta > 0: the SDE with the same marginals (Flow-GRPO, Liu et al. 2025, eq. 9), eta being its noise level a:
+        std_dev = eta * sqrt(s / (1 - s))          (s = 1 replaced by the second sigma in the denominator)
+        mean    = x_s + dt * (v + std_dev^2 / (2 s) * eps_hat),   std = std_dev * sqrt(-dt)
+    whose transition is Gaussian, so a log-prob exists; its noise -> 0 is the ODE step.
 """
 from __future__ import annotations
 
@@ -28,7 +38,7 @@ from torch.utils.checkpoint import checkpoint as _checkpoint
 from .backbone import Backbone
 from .parallel import SINGLE, Shard
 
-SAMPLER_KINDS = ("ddim", "ddpm")
+SAMPLER_KINDS = ("ddim", "ddpm", "flow")
 
 
 class SamplerError(ValueError):
@@ -94,7 +104,16 @@ class Schedule:
     prediction types) so that ``sample`` with no gradient reproduces ``DDIMScheduler.step`` exactly.
     """
 
-    def __init__(self, scheduler: Any, num_steps: int, device: torch.device | str, kind: str = "ddim"):
+    def __new__(cls, scheduler: Any, *args, **kwargs):
+        if cls is Schedule and is_flow_scheduler(scheduler):
+            return super().__new__(FlowSchedule)
+        return super().__new__(cls)
+
+    def __init__(self, scheduler: Any, num_steps: int, device: torch.device | str, kind: str = "ddim",
+                 timestep_kwargs: dict | None = None):
+        if kind == "flow":
+            raise SamplerError(f"sampler 'flow' needs a flow-matching schedule; this backbone's scheduler is "
+                               f"{type(scheduler).__name__} (use ddim or ddpm)")
         if kind not in SAMPLER_KINDS:
             raise SamplerError(f"unknown sampler {kind!r}; valid: {', '.join(SAMPLER_KINDS)}")
         n_train = scheduler.config.num_train_timesteps
@@ -173,6 +192,81 @@ class Schedule:
         return StepOutput(prev_sample=prev, mean=mean, std=std, pred_x0=x0, eps=eps)
 
 
+def is_flow_scheduler(scheduler: Any) -> bool:
+    """A rectified-flow (flow-matching) scheduler: sigmas from 1 to 0, no alpha-bar."""
+    return "FlowMatch" in type(scheduler).__name__
+
+
+class FlowSchedule(Schedule):
+    """Sigmas and per-step coefficients of a rectified-flow run (module docstring, ``kind="flow"``), precomputed on
+    the device. ``timesteps`` are the scheduler's (sigma * num_train_timesteps, floats), what the transformer is
+    given; ``timestep_kwargs`` go to ``set_timesteps`` (FLUX's ``mu`` of its resolution-dependent shift, its sigmas)."""
+
+    def __init__(self, scheduler: Any, num_steps: int, device: torch.device | str, kind: str = "flow",
+                 timestep_kwargs: dict | None = None):
+        if kind == "ddpm":
+            raise SamplerError("sampler 'ddpm' (the DDPM ancestral step) needs a DDPM/DDIM noise schedule; this "
+                               "backbone is a flow-matching model: use 'flow' (eta 0: the Euler ODE; eta > 0: "
+                               "Flow-GRPO's SDE)")
+        if kind not in SAMPLER_KINDS:
+            raise SamplerError(f"unknown sampler {kind!r}; valid on a flow-matching model: flow (ddim means flow)")
+        if getattr(scheduler.config, "invert_sigmas", False):
+            raise SamplerError("a flow-matching scheduler with invert_sigmas is not supported")
+        if num_steps < 1:
+            raise SamplerError(f"num_steps must be >= 1, got {num_steps}")
+        self.kind, self.num_steps, self.prediction_type = "flow", num_steps, "flow"
+        self.clip_sample_range = None
+        scheduler.set_timesteps(num_steps, **(timestep_kwargs or {}))
+        sigmas = scheduler.sigmas.double().cpu()
+        if len(sigmas) != num_steps + 1:
+            raise SamplerError(f"the scheduler gave {len(sigmas) - 1} steps for num_steps {num_steps}")
+        s, s_next = sigmas[:-1], sigmas[1:]
+        # Flow-GRPO's std_dev at eta = 1: sqrt(s / (1 - s)), s = 1 (infinite) replaced by the second sigma
+        s_den = torch.where(s >= 1, sigmas[1] if num_steps > 1 else torch.zeros((), dtype=sigmas.dtype), s)
+        self.std_dev_unit = (s / (1 - s_den)).sqrt().float().to(device)
+        self.timesteps = scheduler.timesteps.float().to(device)
+        self.sigmas = s.float().to(device)
+        self.sigmas_next = s_next.float().to(device)
+        self.sigma_unit = (self.std_dev_unit.double().cpu() * (s - s_next).sqrt()).float().to(device)
+
+    def sigma(self, eta: float) -> torch.Tensor:
+        """Each step's transition std at noise level ``eta``."""
+        return self.sigma_unit * eta
+
+    def add_noise(self, x0: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
+        """The flow's x_s at step ``index``'s sigma: (1 - s) x0 + s noise."""
+        s = self.sigmas[index]
+        return (1 - s) * x0 + s * noise
+
+    def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor, index):
+        """Velocity -> (x0_hat, eps_hat) = (x - s v, x + (1 - s) v)."""
+        s = self._at(self.sigmas, index, x_t)
+        return x_t - s * model_output, x_t + (1 - s) * model_output
+
+    def step(self, model_output: torch.Tensor, index, x_t: torch.Tensor, eta: float,
+             noise: torch.Tensor | None) -> StepOutput:
+        x0, eps = self.split_output(model_output, x_t, index)
+        s, s_next = self._at(self.sigmas, index, x_t), self._at(self.sigmas_next, index, x_t)
+        dt = s_next - s
+        if eta > 0:
+            std_dev = self._at(self.std_dev_unit, index, x_t) * eta
+            mean = x_t + dt * (model_output + std_dev**2 / (2 * s) * eps)
+        else:
+            mean = x_t + dt * model_output
+        sigma = self._at(self.sigma(eta), index, x_t)
+        prev = mean if noise is None else mean + sigma * noise
+        std = sigma.reshape(-1).expand(x_t.shape[0]).reshape(-1, *[1] * (x_t.ndim - 1))
+        return StepOutput(prev_sample=prev, mean=mean, std=std, pred_x0=x0, eps=eps)
+
+
+def schedule_for(backbone: Backbone, num_steps: int, device: torch.device | str, kind: str = "ddim") -> Schedule:
+    """The schedule of ``backbone``'s scheduler; a backbone with a resolution-dependent shift (FLUX) supplies
+    ``timestep_kwargs(num_steps)`` for ``set_timesteps``."""
+    kwargs = getattr(backbone, "timestep_kwargs", None)
+    return Schedule(backbone.scheduler, num_steps, device, kind=kind,
+                    timestep_kwargs=kwargs(num_steps) if callable(kwargs) else None)
+
+
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, std^2), averaged (not summed) over all non-batch dimensions, as DDPO's reference does."""
     std = std.to(torch.float32)
@@ -246,13 +340,13 @@ def sample(backbone: Backbone, cond: Any, noise: torch.Tensor, *, num_steps: int
     shard:      with several processes, ``noise`` is this process's rows and the variance noise is drawn for the
                 whole batch, of which it keeps its rows (methods/parallel.py)
     """
-    check_sampler_args(num_steps, eta, guidance_scale, record=record and kind == "ddim")
-    schedule = schedule or Schedule(backbone.scheduler, num_steps, noise.device, kind=kind)
+    check_sampler_args(num_steps, eta, guidance_scale, record=record and kind != "ddpm")
+    schedule = schedule or schedule_for(backbone, num_steps, noise.device, kind=kind)
     last = num_steps - 1 if stop_index is None else stop_index
     if not 0 <= last < num_steps:
         raise SamplerError(f"stop_index must be in [0, {num_steps - 1}], got {stop_index}")
     plans = _resolve_plan(plan, num_steps)
-    stochastic = kind == "ddpm" or eta > 0
+    stochastic = schedule.kind == "ddpm" or eta > 0
 
     x = noise
     trajectory = [x.detach()] if record else None
