@@ -17,13 +17,13 @@ REWARDS: tuple[str, ...] = (
     "jpeg-incompressibility", "jpeg-incompressibility-surrogate", "owlvit", "pickscore", "resnet50-class",
     "shapes-aesthetic", "shapes-alignment", "shapes-classifier", "shapes-detector", "shapes-gold-aesthetic",
 )
-BACKBONES: tuple[str, ...] = ("sd15", "sd15-random", "sd21", "sd21-random", "sdxl", "sdxl-random", "shapes", "tiny",
-                               "tiny-xl")
+BACKBONES: tuple[str, ...] = ("sd15", "sd15-random", "sd21", "sd21-random", "sd35m", "sd35m-random", "sdxl",
+                               "sdxl-random", "shapes", "tiny", "tiny-sd3", "tiny-xl")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: image sizes each backbone can sample (``--resolution``): a multiple of this (VAE factor × UNet downsampling), or
 #: for a pixel-space model its one trained size (negative: exactly that size). A test checks these against the models.
 RESOLUTION = {"sd15": 64, "sd15-random": 64, "sd21": 64, "sd21-random": 64, "tiny": 4, "tiny-xl": 4, "sdxl": 32,
-              "sdxl-random": 32, "shapes": -24}
+              "sdxl-random": 32, "shapes": -24, "sd35m": 16, "sd35m-random": 16, "tiny-sd3": 4}
 
 
 def check_resolution(backbone: str, resolution: int | None) -> None:
@@ -39,10 +39,11 @@ def check_resolution(backbone: str, resolution: int | None) -> None:
 
 #: backbones whose weights come from the hub (or --backbone-path DIR, or the variable BENCH_<NAME>_PATH)
 HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1",
-           "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+           "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sd35m": "stabilityai/stable-diffusion-3.5-medium"}
 #: the subfolders a local diffusers directory of each family must hold
 LAYOUT = {"sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
-          "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")}
+          "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+          "sd3": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")}
 #: the first hub file each real reward loads (repo, file, the argument that takes a local path instead); a test checks
 #: these equal the reward modules' constants. ``{hps_file}`` is HPS_FILES[version] (the reward's ``version`` argument).
 HPS_FILES = {"2.0": "HPS_v2_compressed.pt", "2.1": "HPS_v2.1_compressed.pt"}
@@ -79,7 +80,7 @@ def check_backbone_dir(name: str, path: str | None) -> None:
 
     if name not in HUB_IDS or not path or not Path(path).expanduser().is_dir():
         return
-    need = LAYOUT["sdxl" if name.startswith("sdxl") else "sd"]
+    need = LAYOUT["sdxl" if name.startswith("sdxl") else "sd3" if name.startswith("sd3") else "sd"]
     missing = [d for d in need if not (Path(path).expanduser() / d).is_dir()]
     if missing:
         raise UsageError(f"--backbone-path {path}: a {name} directory needs {', '.join(d + '/' for d in need)}; "

@@ -539,14 +539,14 @@ def cmd_export(args) -> int:
     tmp = out.with_name(out.name + ".tmp-export")
     shutil.rmtree(tmp, ignore_errors=True)
     bb.pipeline().save_pretrained(str(tmp), safe_serialization=True)
-    for tok in ("tokenizer", "tokenizer_2"):
-        if (tmp / tok / "tokenizer.json").exists():
+    for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+        if (tmp / tok / "tokenizer.json").exists() and type(getattr(bb, tok, None)).__name__.startswith("CLIP"):
             backbones.write_slow_tokenizer_files(tmp / tok)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    kind, family = ("StableDiffusionXLPipeline", "sdxl") if hasattr(bb, "text_encoder_2") else \
-        ("StableDiffusionPipeline", "sd15")
+    kind = type(bb.pipeline()).__name__
+    family = {"StableDiffusion3Pipeline": "sd35m", "StableDiffusionXLPipeline": "sdxl"}.get(kind, "sd15")
     print(f"wrote {out}: a {kind} ({args.name}, {args.dtype}); read it back with "
           f"--backbone {family} --backbone-path {out}")
     return 0

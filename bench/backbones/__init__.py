@@ -75,6 +75,11 @@ class DiffusersBackbone(nn.Module):
     ``dtype``; LoRA weights stay fp32 (peft's adapter autocast). The sampling chain itself runs in fp32.
     """
 
+    #: the denoiser's key prefix in diffusers' LoRA files (``unet.`` here; SD3/FLUX: ``transformer.``)
+    denoiser_prefix = "unet"
+    #: the attention projections the LoRA adapts
+    lora_targets = LORA_TARGETS
+
     def __init__(self, unet, text_encoder, tokenizer, scheduler, vae=None, *, device: str | torch.device = "cpu",
                  dtype: str | torch.dtype = torch.float32, lora_rank: int | None = 4, lora_alpha: float | None = None,
                  gradient_checkpointing: bool = False, name: str = "diffusers", resolution: int | None = None,
@@ -98,7 +103,7 @@ class DiffusersBackbone(nn.Module):
             from peft import LoraConfig
 
             unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_alpha or lora_rank, init_lora_weights="gaussian",
-                                        target_modules=LORA_TARGETS), adapter_name="default")
+                                        target_modules=self.lora_targets), adapter_name="default")
             for p in self.trainable_parameters():
                 p.data = p.data.float()
         self._uncond: torch.Tensor | None = None
@@ -188,12 +193,13 @@ class DiffusersBackbone(nn.Module):
 
     # --------------------------------------------------------------------------------------------------- LoRA
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """The LoRA in diffusers' key format (``unet.…lora_A.weight``), as ``load_lora_weights`` expects."""
+        """The LoRA in diffusers' key format (``unet.…lora_A.weight``; ``transformer.…`` for SD3), as the pipelines'
+        ``load_lora_weights`` expect."""
         from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
 
         state = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet, adapter_name="default"))
-        return {f"unet.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
+        return {f"{self.denoiser_prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
     def save_lora(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> Path:
         """Write ``pytorch_lora_weights.safetensors`` atomically (a crash never leaves a half-written file)."""
@@ -220,7 +226,7 @@ class DiffusersBackbone(nn.Module):
             if not path.exists():
                 raise WeightsNotFoundError(f"LoRA file not found: {path}")
             name = f"lora{i}"
-            self.unet.load_lora_adapter(str(path), prefix="unet", adapter_name=name)
+            self.unet.load_lora_adapter(str(path), prefix=self.denoiser_prefix, adapter_name=name)
             names.append(name)
             weights.append(float(scale))
         self.unet.set_adapters(names, weights)
@@ -261,7 +267,8 @@ def _ddim(config: dict) -> Any:
     return DDIMScheduler.from_config(config)
 
 
-PART_FILES = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytorch_model.safetensors",
+PART_FILES = {"unet": "diffusion_pytorch_model.safetensors", "transformer": "diffusion_pytorch_model.safetensors",
+              "vae": "diffusion_pytorch_model.safetensors", "text_encoder_3": "model.safetensors",
               "text_encoder": "model.safetensors", "tokenizer": "vocab.json", "scheduler": "scheduler_config.json"}
 
 
@@ -320,5 +327,5 @@ def create(name: str, **kw) -> DiffusersBackbone:
     return REGISTRY.get(name)(**kw)
 
 
-from bench.backbones import sd, sdxl  # noqa: E402,F401  (each family registers its backbones)
+from bench.backbones import sd, sd3, sdxl  # noqa: E402,F401  (each family registers its backbones)
 from bench.backbones.sd import from_config_dir, from_pretrained  # noqa: E402,F401
