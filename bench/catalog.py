@@ -9,9 +9,9 @@ import fnmatch
 from typing import Sequence
 
 from bench.args import UsageError
-from bench.presets import ALL_METHODS
+from bench.presets import ALL_METHODS, GRPO_METHODS
 
-METHODS: tuple[str, ...] = tuple(sorted(ALL_METHODS))
+METHODS: tuple[str, ...] = tuple(sorted(ALL_METHODS + GRPO_METHODS))
 REWARDS: tuple[str, ...] = (
     "aesthetic", "hpsv2", "imagereward", "jpeg-compressibility", "jpeg-compressibility-surrogate",
     "jpeg-incompressibility", "jpeg-incompressibility-surrogate", "owlvit", "pickscore", "resnet50-class",
@@ -20,6 +20,15 @@ REWARDS: tuple[str, ...] = (
 BACKBONES: tuple[str, ...] = ("sd15", "sd15-random", "sd21", "sd21-random", "sd35m", "sd35m-random", "sdxl",
                                "sdxl-random", "shapes", "tiny", "tiny-sd3", "tiny-xl")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
+#: flow-matching (rectified-flow) backbones: sampled by the flow sampler; a method that cannot run on them (or only on
+#: them) is refused from the name, before any weights load
+FLOW_BACKBONES: tuple[str, ...] = ("sd35m", "sd35m-random", "tiny-sd3")
+
+
+def is_flow(backbone: str) -> bool:
+    return backbone in FLOW_BACKBONES
+
+
 #: image sizes each backbone can sample (``--resolution``): a multiple of this (VAE factor × UNet downsampling), or
 #: for a pixel-space model its one trained size (negative: exactly that size). A test checks these against the models.
 RESOLUTION = {"sd15": 64, "sd15-random": 64, "sd21": 64, "sd21-random": 64, "tiny": 4, "tiny-xl": 4, "sdxl": 32,

@@ -117,6 +117,11 @@ class CellSpec:
             factory.check_batch(self.batch_size, self.method_kwargs)
         if hasattr(factory, "check_budget"):
             factory.check_budget(self.budget, self.method_kwargs)
+        if hasattr(factory, "check_backbone"):
+            from bench import catalog
+
+            reference = dict(getattr(factory, "REFERENCE", {})) if self.protocol == "reference" else {}
+            factory.check_backbone(catalog.is_flow(self.backbone), {**reference, **self.method_kwargs})
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} requested but CUDA is not available")
         if self.device.startswith("cuda:") and int(self.device[5:]) >= torch.cuda.device_count():

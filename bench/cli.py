@@ -300,11 +300,12 @@ def cmd_run(args) -> int:
     if args.task:
         task = tasks.get(args.task)
         preset = presets.get(args.preset or ("quick" if task.suite == "testbed" else "sd15"))
-        specs, _ = grid.plan(preset, methods=args.method, tasks=args.task, seeds=seeds, budget=args.budget,
-                             device=args.device, protocol=args.protocol, suite=args.suite, results_dir=args.results_dir,
-                             method_settings=settings, backbone=args.backbone)
+        specs, notes = grid.plan(preset, methods=args.method, tasks=args.task, seeds=seeds, budget=args.budget,
+                                 device=args.device, protocol=args.protocol, suite=args.suite,
+                                 results_dir=args.results_dir, method_settings=settings, backbone=args.backbone)
         if not specs:
-            raise UsageError(f"run: task {args.task} cannot run here (a reward or backbone is not registered)")
+            why = "; ".join(notes) or "a reward or backbone is not registered"
+            raise UsageError(f"run: task {args.task} cannot run here: {why}")
         reward_name = task.reward
         protocol_note = (f"protocol of preset {preset.name!r} ({_protocol_text(preset)})" if args.protocol == "shared"
                          else f"{args.method}'s reference protocol, budget and evaluation of preset {preset.name!r}")

@@ -30,6 +30,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
+from bench import catalog
 from bench import presets as presets_mod
 from bench import tasks as tasks_mod
 from bench.args import (UsageError, check_typed, config_hints, factory_hints, parse_seeds, parse_settings,
@@ -121,10 +122,18 @@ def plan(preset: presets_mod.Preset, *, methods: str | None = None, tasks: str |
             if dataclasses.is_dataclass(getattr(methods_pkg.get(m), "Config", None)) else set()
         settings: dict[str, Any] = {}
         if protocol == "shared":
-            settings.update({k: v for k, v in preset.protocol.items() if k in config_fields})
+            # a likelihood-ratio method keeps its own stochastic sampler (the shared eta 0 has no log-probs); it is
+            # evaluated like every other method
+            own = getattr(methods_pkg.get(m), "OWN_SAMPLER_SETTINGS", ())
+            settings.update({k: v for k, v in preset.protocol.items() if k in config_fields and k not in own})
             settings.update(preset.method_overrides.get(m, {}))
         settings.update(method_settings or {})
         settings = check_settings(m, settings, protocol)
+        try:  # a method that cannot run on this kind of backbone: skipped with its reason, never a failure
+            methods_pkg.get(m).check_backbone(catalog.is_flow(bb), settings)
+        except methods_pkg.MethodError as err:
+            notes.append(f"{m} on {bb} (task {t}) skipped: {str(err).removeprefix(m + ': ')}")
+            continue
         for seed in (seeds if seeds is not None else preset.seeds):
             key = (kw["backbone"], *weights_rewards(kw))
             if key not in fingerprints:

@@ -132,6 +132,14 @@ class Method:
         """Raise ``MethodError`` where a batch size (with these config ``settings``) makes this method's update
         identically zero or cannot be run."""
 
+    @classmethod
+    def check_backbone(cls, flow: bool, settings: dict | None = None) -> None:
+        """Raise ``MethodError`` where this method (with these ``settings``) cannot run on a backbone of this kind
+        (``flow``: a flow-matching model), judged from the name before any weights load."""
+        if flow and (settings or {}).get("sampler") == "ddpm":
+            raise MethodError(f"{cls.name}: sampler ddpm (the DDPM ancestral step) needs a DDPM/DDIM noise schedule; "
+                              f"this backbone is a flow-matching model (its samplers: flow)")
+
     # ------------------------------------------------------------------------------------------- resuming
     def state_dict(self) -> dict[str, Any]:
         """Everything the next ``step`` depends on: the LoRA weights, the optimiser, the generator that draws every

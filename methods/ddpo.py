@@ -212,6 +212,10 @@ class DDPO(Method):
         fit = memory.how_many_fit(per_call, self.backbone.device)
         return steps[len(steps) - min(fit, len(steps)):]
 
+    def pop_penalty(self) -> torch.Tensor | None:
+        """Per-row terms the last ``transition_log_probs`` call adds to the PPO loss (none in DDPO; GRPO's KL)."""
+        return None
+
     def recompute(self, trajectory, cond, rows, indices, measure: bool) -> torch.Tensor:
         if not measure:
             return self.transition_log_probs(trajectory, cond, rows, indices)
@@ -298,11 +302,15 @@ class DDPO(Method):
                             reused += len(r)
                         if (~reuse).any():
                             r, i = rows[~reuse], indices[~reuse]
-                            parts.append((r, i, self.recompute(trajectory, cond, r, i, measure and j == 0), False))
+                            new = self.recompute(trajectory, cond, r, i, measure and j == 0)
+                            parts.append((r, i, new, False, self.pop_penalty()))
                         news, olds = [], []
-                        for r, i, new, via_sampling in parts:
+                        for r, i, new, via_sampling, *penalty in parts:
                             old = old_log_probs[r.to(dev), i.to(dev)]
                             part = ppo_clipped_terms(new, old, advantages[r.to(advantages.device)], c.clip_range)
+                            if penalty and penalty[0] is not None:  # per-row terms added to the loss (GRPO's KL)
+                                part = part + penalty[0]
+                                totals["penalty"] = totals.get("penalty", zero) + penalty[0].detach().mean()
                             part = part.sum() / (size * trained_per_sample)
                             if via_sampling:
                                 through_sampling = through_sampling + part

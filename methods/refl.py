@@ -83,6 +83,13 @@ class ReFL(Method):
     REFERENCE = dict(sampler="ddpm", num_steps=40, guidance_scale=1.0, step_range=(0.75, 1.0), reward_target=2.0,
                      loss_scale=1e-3, lr=1e-5)
 
+    @classmethod
+    def check_backbone(cls, flow: bool, settings: dict | None = None) -> None:
+        if flow and (settings or {}).get("regularizer") == "denoising":
+            raise MethodError("refl: the denoising regulariser is the epsilon-prediction loss; a flow-matching model "
+                              "predicts velocity (use regularizer none or eps-kl)")
+        super().check_backbone(flow, settings)
+
     def __init__(self, backbone, reward, config=None, **kw):
         super().__init__(backbone, reward, config, **kw)
         if self.config.regularizer != "none" and not hasattr(backbone, "set_lora_scale"):
