@@ -9,9 +9,9 @@ import fnmatch
 from typing import Sequence
 
 from bench.args import UsageError
-from bench.presets import ALL_METHODS, GRPO_METHODS
+from bench.presets import ALL_METHODS, BEYOND_METHODS
 
-METHODS: tuple[str, ...] = tuple(sorted(ALL_METHODS + GRPO_METHODS))
+METHODS: tuple[str, ...] = tuple(sorted(ALL_METHODS + BEYOND_METHODS))
 REWARDS: tuple[str, ...] = (
     "aesthetic", "hpsv2", "imagereward", "jpeg-compressibility", "jpeg-compressibility-surrogate",
     "jpeg-incompressibility", "jpeg-incompressibility-surrogate", "owlvit", "pickscore", "resnet50-class",

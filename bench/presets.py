@@ -14,9 +14,9 @@ from typing import Any
 
 #: every method variant the benchmark compares (names not registered yet are skipped with a note)
 ALL_METHODS = ["ddpo", "refl", "draft", "draft-k", "draft-1", "draft-lv", "alignprop", "drtune"]
-#: beyond the three papers: the GRPO family (likelihood ratio with group-normalised advantages); flow-grpo needs a
-#: flow-matching backbone
-GRPO_METHODS = ["grpo", "flow-grpo"]
+#: beyond the three papers: the GRPO family (likelihood ratio with group-normalised advantages; flow-grpo needs a
+#: flow-matching backbone) and DiffusionNFT (forward process)
+BEYOND_METHODS = ["grpo", "flow-grpo", "diffusion-nft"]
 TESTBED_TASKS = ["shapes-aesthetic", "shapes-alignment", "shapes-circles-to-squares", "shapes-add-red-circle",
                  "shapes-remove-blue-square", "shapes-compressibility"]
 REAL_TASKS = ["aesthetic-animals", "hpsv2", "pickscore", "imagereward", "adversarial-cat", "add-strawberries",

@@ -147,9 +147,18 @@ class Schedule:
         return self.sigma_unit * (1.0 if self.kind == "ddpm" else eta)
 
     def add_noise(self, x0: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
-        """q(x_t | x_0) at step ``index``'s timestep: sqrt(a_t) x0 + sqrt(1 - a_t) noise."""
-        a = self.alpha[index]
+        """q(x_t | x_0) at step ``index``'s timestep (one, or one per row): sqrt(a_t) x0 + sqrt(1 - a_t) noise."""
+        a = self._at(self.alpha, index, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, index) -> torch.Tensor:
+        """What the model is trained to output at ``add_noise(x0, index, noise)`` (its prediction type)."""
+        if self.prediction_type == "epsilon":
+            return noise
+        if self.prediction_type == "sample":
+            return x0
+        a = self._at(self.alpha, index, x0)
+        return a.sqrt() * noise - (1 - a).sqrt() * x0
 
     @staticmethod
     def _at(values: torch.Tensor, index, like: torch.Tensor) -> torch.Tensor:
@@ -234,9 +243,13 @@ class FlowSchedule(Schedule):
         return self.sigma_unit * eta
 
     def add_noise(self, x0: torch.Tensor, index: int, noise: torch.Tensor) -> torch.Tensor:
-        """The flow's x_s at step ``index``'s sigma: (1 - s) x0 + s noise."""
-        s = self.sigmas[index]
+        """The flow's x_s at step ``index``'s sigma (one, or one per row): (1 - s) x0 + s noise."""
+        s = self._at(self.sigmas, index, x0)
         return (1 - s) * x0 + s * noise
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, index) -> torch.Tensor:
+        """The flow-matching target: the velocity noise - x0."""
+        return noise - x0
 
     def split_output(self, model_output: torch.Tensor, x_t: torch.Tensor, index):
         """Velocity -> (x0_hat, eps_hat) = (x - s v, x + (1 - s) v)."""
