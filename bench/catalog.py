@@ -17,12 +17,14 @@ REWARDS: tuple[str, ...] = (
     "jpeg-incompressibility", "jpeg-incompressibility-surrogate", "owlvit", "pickscore", "resnet50-class",
     "shapes-aesthetic", "shapes-alignment", "shapes-classifier", "shapes-detector", "shapes-gold-aesthetic",
 )
-BACKBONES: tuple[str, ...] = ("sd15", "sd15-random", "sd21", "sd21-random", "sd35m", "sd35m-random", "sdxl",
-                               "sdxl-random", "shapes", "tiny", "tiny-sd3", "tiny-xl")
+BACKBONES: tuple[str, ...] = ("flux-dev", "flux-random", "sd15", "sd15-random", "sd21", "sd21-random", "sd35m",
+                               "sd35m-random", "sdxl", "sdxl-random", "shapes", "shapes-flow", "tiny", "tiny-flux",
+                               "tiny-sd3", "tiny-xl")
 DTYPES: tuple[str, ...] = ("fp32", "bf16", "fp16")
 #: flow-matching (rectified-flow) backbones: sampled by the flow sampler; a method that cannot run on them (or only on
 #: them) is refused from the name, before any weights load
-FLOW_BACKBONES: tuple[str, ...] = ("sd35m", "sd35m-random", "tiny-sd3")
+FLOW_BACKBONES: tuple[str, ...] = ("flux-dev", "flux-random", "sd35m", "sd35m-random", "shapes-flow", "tiny-flux",
+                                    "tiny-sd3")
 
 
 def is_flow(backbone: str) -> bool:
@@ -32,7 +34,9 @@ def is_flow(backbone: str) -> bool:
 #: image sizes each backbone can sample (``--resolution``): a multiple of this (VAE factor × UNet downsampling), or
 #: for a pixel-space model its one trained size (negative: exactly that size). A test checks these against the models.
 RESOLUTION = {"sd15": 64, "sd15-random": 64, "sd21": 64, "sd21-random": 64, "tiny": 4, "tiny-xl": 4, "sdxl": 32,
-              "sdxl-random": 32, "shapes": -24, "sd35m": 16, "sd35m-random": 16, "tiny-sd3": 4}
+              "sdxl-random": 32, "shapes": -24, "shapes-flow": -24, "sd35m": 16, "sd35m-random": 16,
+              "tiny-sd3": 4,
+              "flux-dev": 16, "flux-random": 16, "tiny-flux": 4}
 
 
 def check_resolution(backbone: str, resolution: int | None) -> None:
@@ -48,11 +52,26 @@ def check_resolution(backbone: str, resolution: int | None) -> None:
 
 #: backbones whose weights come from the hub (or --backbone-path DIR, or the variable BENCH_<NAME>_PATH)
 HUB_IDS = {"sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd21": "stabilityai/stable-diffusion-2-1",
-           "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sd35m": "stabilityai/stable-diffusion-3.5-medium"}
+           "sdxl": "stabilityai/stable-diffusion-xl-base-1.0", "sd35m": "stabilityai/stable-diffusion-3.5-medium",
+           "flux-dev": "black-forest-labs/FLUX.1-dev"}
 #: the subfolders a local diffusers directory of each family must hold
 LAYOUT = {"sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
           "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
-          "sd3": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")}
+          "sd3": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+          "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")}
+
+
+def family(backbone: str) -> str:
+    """The LAYOUT family of a backbone name."""
+    for prefix, fam in (("sdxl", "sdxl"), ("sd35", "sd3"), ("flux", "flux")):
+        if backbone.startswith(prefix):
+            return fam
+    return "sd"
+
+
+def path_env(backbone: str) -> str:
+    """The environment variable that names a hub backbone's local directory: BENCH_SD15_PATH, BENCH_FLUX_DEV_PATH."""
+    return f"BENCH_{backbone.upper().replace('-', '_')}_PATH"
 #: the first hub file each real reward loads (repo, file, the argument that takes a local path instead); a test checks
 #: these equal the reward modules' constants. ``{hps_file}`` is HPS_FILES[version] (the reward's ``version`` argument).
 HPS_FILES = {"2.0": "HPS_v2_compressed.pt", "2.1": "HPS_v2.1_compressed.pt"}
@@ -89,7 +108,7 @@ def check_backbone_dir(name: str, path: str | None) -> None:
 
     if name not in HUB_IDS or not path or not Path(path).expanduser().is_dir():
         return
-    need = LAYOUT["sdxl" if name.startswith("sdxl") else "sd3" if name.startswith("sd3") else "sd"]
+    need = LAYOUT[family(name)]
     missing = [d for d in need if not (Path(path).expanduser() / d).is_dir()]
     if missing:
         raise UsageError(f"--backbone-path {path}: a {name} directory needs {', '.join(d + '/' for d in need)}; "
@@ -118,16 +137,16 @@ def check_hub_backbone(name: str, path: str | None) -> None:
     with ``HF_HUB_OFFLINE``, at most a 2 s connection probe otherwise), not a minute of retries later."""
     import os
 
-    if name not in HUB_IDS or path or os.environ.get(f"BENCH_{name.upper()}_PATH"):
+    if name not in HUB_IDS or path or os.environ.get(path_env(name)):
         return
     import offline
 
-    repo = HUB_IDS[name]
-    if offline.cached(repo, "unet/config.json") or not offline.offline():
+    repo, (denoiser, *rest) = HUB_IDS[name], LAYOUT[family(name)]
+    if offline.cached(repo, f"{denoiser}/config.json") or not offline.offline():
         return
-    raise UsageError(f"backbone {name} needs unet/diffusion_pytorch_model.safetensors (and vae/, text_encoder/, "
-                     f"tokenizer/, scheduler/) of hub id {repo!r}: not in the local cache and {offline.why()}; pass "
-                     f"--backbone-path DIR (a local diffusers directory) or set BENCH_{name.upper()}_PATH")
+    raise UsageError(f"backbone {name} needs {denoiser}/diffusion_pytorch_model.safetensors (and "
+                     f"{', '.join(d + '/' for d in rest)}) of hub id {repo!r}: not in the local cache and "
+                     f"{offline.why()}; pass --backbone-path DIR (a local diffusers directory) or set {path_env(name)}")
 
 _KNOWN = {"method": METHODS, "reward": REWARDS, "backbone": BACKBONES}
 

@@ -450,7 +450,7 @@ def cmd_sample(args) -> int:
 
     if args.num < 1 or args.num_steps < 1:
         raise UsageError("sample: --num and --num-steps must be >= 1")
-    if args.backbone == "shapes":
+    if args.backbone in ("shapes", "shapes-flow"):
         from bench.testbed.world import vocabulary_warning
 
         for p in args.prompt:
@@ -475,9 +475,12 @@ def cmd_sample(args) -> int:
                      guidance_scale=args.guidance_scale, eta=0.0)
         imgs = backbone.decode(out.latents).cpu()
     lora_text = ", ".join(f"{Path(p).parent.name or p} x{s:g}" for p, s in loras) if loras else "no LoRA"
+    steps = "flow (Euler)" if catalog.is_flow(args.backbone) else "DDIM"
+    guidance = "guidance" if getattr(backbone, "guidance_embedded", False) else "CFG"
     images.save_grid(args.out, list(imgs.split(len(args.prompt))), col_labels=args.prompt,
                      row_labels=[f"seed {args.seed}, #{i}" for i in range(args.num)],
-                     title=f"{args.backbone} ({lora_text}), {args.num_steps} DDIM steps, CFG {args.guidance_scale:g}")
+                     title=f"{args.backbone} ({lora_text}), {args.num_steps} {steps} steps, "
+                           f"{guidance} {args.guidance_scale:g}")
     print(f"wrote {args.out} ({len(prompts)} images: {len(args.prompt)} prompts x {args.num})")
     return 0
 
@@ -547,7 +550,8 @@ def cmd_export(args) -> int:
         shutil.rmtree(out)
     tmp.rename(out)
     kind = type(bb.pipeline()).__name__
-    family = {"StableDiffusion3Pipeline": "sd35m", "StableDiffusionXLPipeline": "sdxl"}.get(kind, "sd15")
+    family = {"StableDiffusion3Pipeline": "sd35m", "StableDiffusionXLPipeline": "sdxl",
+              "FluxPipeline": "flux-dev"}.get(kind, "sd15")
     print(f"wrote {out}: a {kind} ({args.name}, {args.dtype}); read it back with "
           f"--backbone {family} --backbone-path {out}")
     return 0

@@ -200,6 +200,47 @@ def task_summary(cells: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def split_backbones(cells: pd.DataFrame) -> pd.DataFrame:
+    """A task run on several backbones (DDIM and flow testbeds; SD 1.5 and 2.1) becomes one entry per backbone,
+    ``"<task> on <backbone>"`` (the original in ``base_task``): its rows are never averaged across models, and each
+    gets its own ranking, threshold, claims and plot."""
+    cells = cells.copy()
+    cells["base_task"] = cells["task"]
+    if "backbone" not in cells:
+        return cells
+    for task, g in cells.groupby("task"):
+        if g["backbone"].nunique() > 1:
+            cells.loc[g.index, "task"] = [f"{task} on {b}" for b in g["backbone"]]
+    return cells
+
+
+def side_by_side(cells: pd.DataFrame) -> list[str]:
+    """Per task run on several backbones: each method's change in the evaluation reward (final − initial, 95%
+    interval: over seeds, or with one seed over the evaluation images, paired) on each backbone, in one table."""
+    ok = cells[cells["status"] == "ok"]
+    out = []
+    for task, g in ok.groupby("base_task"):
+        models = sorted(g["backbone"].unique())
+        if len(models) < 2 or g.groupby("method")["backbone"].nunique().max() < 2:
+            continue  # no method ran on two of them: nothing to put side by side
+        out += [f"## {task}: backbones side by side", "",
+                "Change in the evaluation reward, final − initial (95% interval), and the final value, per backbone "
+                "(`–`: not run, or skipped on that backbone).", "",
+                "| method | " + " | ".join(f"{b}" for b in models) + " |", "|---|" + "---|" * len(models)]
+        for method in sorted(g["method"].unique()):
+            row = [method]
+            for b in models:
+                c = g[(g["method"] == method) & (g["backbone"] == b)]
+                if c.empty:
+                    row.append("–")
+                    continue
+                d, h = change_ci95(c, "reward_final", "reward_initial", "reward_delta_ci95")
+                row.append(f"{_change(d, h)} ({_fmt(float(c['reward_final'].mean()))})")
+            out.append("| " + " | ".join(row) + " |")
+        out.append("")
+    return out
+
+
 def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dict) -> str:
     lines = [f"# Leaderboard: {info.get('preset', out_dir.name)}", ""]
     if info.get("merged_from") is not None:  # `bench merge`: what the shards agree on, then each shard's run
@@ -310,6 +351,7 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
             for _, r in failed.iterrows():
                 lines.append(f"- {r['method']} seed {r['seed']}: **{r['status']}** — {r.get('message', '')}")
         lines.append("")
+    lines += side_by_side(cells)
     lines += claims(cells, curves)
     lines += ["Plots: `plots/reward_vs_samples_<task>.png` (mean and 95% band over seeds), "
               "`plots/memory_vs_throughput.png`.", ""]
@@ -472,6 +514,7 @@ def _render(out_dir: Path):
                 "budget"):
         if col not in cells:
             cells[col] = math.nan
+    cells = split_backbones(cells)
     return markdown(out_dir, cells, curves, info), cells, curves
 
 

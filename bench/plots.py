@@ -86,7 +86,7 @@ def write_all(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame) -> list[
     ok = cells[cells["status"] == "ok"]
     if not curves.empty:
         for task, g in ok.groupby("task"):
-            p = out_dir / "plots" / f"reward_vs_samples_{task}.png"
+            p = out_dir / "plots" / f"reward_vs_samples_{task.replace(' ', '_')}.png"
             reward_vs_samples(task, g, curves, p)
             paths.append(p)
     if not ok.empty:

@@ -70,6 +70,18 @@ def ddpo_epochs(samples_per_epoch: int, minibatch_size: int) -> dict[str, dict[s
     return {"ddpo": {"eta": 1.0, "samples_per_epoch": samples_per_epoch, "minibatch_size": minibatch_size,
                      "inner_epochs": 1}}
 
+#: SD 3.5 Medium's own sampling settings (diffusers' documented defaults: 40 steps, CFG 4.5), at 512 px as Flow-GRPO
+#: and FlowBP train it (1024 px is the model's native size: --resolution 1024)
+SD35_PROTOCOL = dict(sampler="ddim", num_steps=40, guidance_scale=4.5, eta=0.0)
+#: FLUX.1-dev: 28 steps, guidance 3.5 (the guidance embedding's input; the model has no CFG)
+FLUX_PROTOCOL = dict(sampler="ddim", num_steps=28, guidance_scale=3.5, eta=0.0)
+EVERY_METHOD = ALL_METHODS + BEYOND_METHODS
+#: the flow preset's tasks: the testbed's headline differentiable reward and its non-differentiable one (gradient
+#: methods train on the surrogate; GRPO and DiffusionNFT on the reward itself)
+FLOW_TASKS = ["shapes-aesthetic", "shapes-compressibility"]
+#: every method on both testbed models, DDIM (shapes) and rectified flow (shapes-flow), side by side
+FLOW_CELLS = tuple((m, t, bb) for t in FLOW_TASKS for bb in ("shapes", "shapes-flow") for m in EVERY_METHOD)
+
 #: smoke-real: every method on both real architectures, every real reward at its full architecture (random weights)
 _SMOKE_TASKS = ["compressibility", "aesthetic-animals", "hpsv2", "pickscore", "imagereward", "adversarial-cat",
                 "add-strawberries", "compressibility"]
@@ -107,6 +119,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(64, 16), device="cpu", jobs=2,
            expected_time="≈ 48 min per task on 2 CPU cores (measured: the shapes-aesthetic slice, 24 cells, "
                          "95 cell-minutes in 2 processes), ≈ 5 h for all 6 tasks; slice it with --tasks"),
+    Preset("flow", "every method (the papers' eight, grpo, flow-grpo, diffusion-nft) on both testbed models: shapes "
+           "(DDIM) and shapes-flow (rectified flow), 2 tasks, 1 seed, 32 samples (quick's protocol); the leaderboard "
+           "puts the two models side by side (flow-grpo needs a flow model: skipped on shapes)",
+           EVERY_METHOD, FLOW_TASKS, cells=FLOW_CELLS, seeds=[0], budget=32, batch_size=4, eval_every=16,
+           eval_images_per_prompt=4, protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(32, 8), device="cpu",
+           jobs=2, expected_time="≈ 15 min on 2 CPU cores (README)"),
     Preset("sd15", "the real grid: SD 1.5, the real reward zoo, every method, 3 seeds (GPU)",
            ALL_METHODS, REAL_TASKS, backbone="sd15", seeds=[0, 1, 2], budget=4096, batch_size=8, eval_every=512,
            eval_images_per_prompt=4, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA, lora_rank=8, device="cuda",
@@ -127,6 +145,33 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            batch_size=1, eval_every=4, eval_images_per_prompt=1, eval_prompts_limit=1, protocol=SD_PROTOCOL,
            device="cuda", dtype="bf16", save_images=False, count_flops=True,
            expected_time="GPU: not yet measured; run after `systems` if the device time allows"),
+    Preset("systems-sd35m", "peak memory and samples/s of every method on SD-3.5-Medium's architecture (MMDiT-X, "
+           "CLIP-L/G + T5-XXL), random weights, 512 px, bf16, batch 2 (GPU)",
+           EVERY_METHOD, ["compressibility"], backbone="sd35m-random", seeds=[0], budget=4, batch_size=2,
+           eval_every=4, eval_images_per_prompt=1, eval_prompts_limit=1, resolution=512,
+           protocol=dict(SD35_PROTOCOL, num_steps=10), method_overrides={**DDPO_ETA, "grpo": {"group_size": 2},
+                                                                         "flow-grpo": {"group_size": 2},
+                                                                         "diffusion-nft": {"group_size": 2}},
+           device="cuda", dtype="bf16", save_images=False, count_flops=True,
+           expected_time="GPU: not yet measured"),
+    Preset("systems-flux", "peak memory and samples/s of every method on FLUX.1-dev's architecture (12B transformer, "
+           "CLIP-L + T5-XXL, guidance-distilled), random weights, 512 px, bf16, batch 2, gradient checkpointing (GPU)",
+           EVERY_METHOD, ["compressibility"], backbone="flux-random", seeds=[0], budget=4, batch_size=2,
+           eval_every=4, eval_images_per_prompt=1, eval_prompts_limit=1, resolution=512,
+           protocol=dict(FLUX_PROTOCOL, num_steps=10), method_overrides={**DDPO_ETA, "grpo": {"group_size": 2},
+                                                                         "flow-grpo": {"group_size": 2},
+                                                                         "diffusion-nft": {"group_size": 2}},
+           device="cuda", dtype="bf16", save_images=False, count_flops=True,
+           expected_time="GPU: not yet measured"),
+    Preset("sd35m", "the real grid on SD 3.5 Medium (rectified flow): the real reward zoo, HPSv2.1 first, every method "
+           "including the GRPO family and DiffusionNFT, 3 seeds, 512 px, 40 steps, CFG 4.5 (GPU)",
+           EVERY_METHOD, ["hpsv2", "pickscore", "imagereward", "aesthetic-animals", "compressibility"],
+           backbone="sd35m", seeds=[0, 1, 2], budget=2048, batch_size=8, eval_every=256, eval_images_per_prompt=4,
+           resolution=512, protocol=SD35_PROTOCOL, method_overrides={**DDPO_ETA, "grpo": {"group_size": 8},
+                                                                     "flow-grpo": {"group_size": 8},
+                                                                     "diffusion-nft": {"group_size": 8}},
+           lora_rank=32, device="cuda", dtype="bf16",
+           expected_time="GPU: not yet measured"),
     Preset("sdxl", "the real grid on SDXL base 1.0: the real reward zoo, every method, 3 seeds, 1024 px (GPU)",
            ALL_METHODS, REAL_TASKS, backbone="sdxl", seeds=[0, 1, 2], budget=2048, batch_size=4, eval_every=256,
            eval_images_per_prompt=4, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA, lora_rank=8, device="cuda",

@@ -196,6 +196,33 @@ def _hacking_board(tmp_path, cells):
             and not ln.startswith("| #") and not ln.startswith("|---")}
 
 
+def test_leaderboard_never_averages_one_task_across_backbones_and_puts_them_side_by_side(tmp_path):
+    """A task run on a DDIM and a flow model: one ranked section per backbone (each with its own initial value and
+    plot), and one table with each method's change on both; a method run on one backbone only shows `–` on the
+    other."""
+    from bench import leaderboard
+
+    rows = [dict(cell_id=f"{m}-{b}", backbone=b, method=m, task="t", seed=0, protocol="shared", budget=8, status="ok",
+                 message="", eval_reward="r", reward_initial=init, reward_final=init + gain, reward_final_std=0.1,
+                 reward_auc=init, samples=8, reward_queries=8, peak_mem_mb=10.0, samples_per_s=1.0,
+                 s_per_step_sampling=0.1, s_per_step_reward=0.1, s_per_step_backward=0.1, reward_delta_ci95=0.05)
+            for m, b, init, gain in [("draft-1", "shapes", 1.0, 0.5), ("draft-1", "shapes-flow", 3.0, 0.25),
+                                     ("flow-grpo", "shapes-flow", 3.0, 0.125)]]
+    pd.DataFrame(rows).to_csv(tmp_path / "cells.csv", index=False)
+    pd.DataFrame([dict(cell_id=r["cell_id"], samples=n, r_mean=r["reward_initial"]) for r in rows
+                  for n in (0, 8)]).to_csv(tmp_path / "curves.csv", index=False)
+    text = leaderboard.build(tmp_path)
+    assert "## t on shapes\n" in text and "## t on shapes-flow\n" in text and "\n## t\n" not in text
+    flow = text.split("## t on shapes-flow")[1].split("##")[0]
+    ranked = [ln.split(" | ") for ln in flow.splitlines() if ln.startswith("| 1 ") or ln.startswith("| 2 ")]
+    assert [(r[1].strip("*"), r[3]) for r in ranked] == [("draft-1", "3"), ("flow-grpo", "3")]  # its own initial
+    table = text.split("## t: backbones side by side")[1].split("\n## ")[0]
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in table.splitlines() if ln.startswith("| ") and "---" not in ln}
+    assert "Δ +0.5 ± 0.05 (1.5)" in lines["draft-1"] and "Δ +0.25 ± 0.05 (3.25)" in lines["draft-1"]
+    assert lines["flow-grpo"].split(" | ")[1] == "–"
+    assert (tmp_path / "plots" / "reward_vs_samples_t_on_shapes-flow.png").exists()
+
+
 def test_leaderboard_flags_a_trained_reward_rising_while_another_falls_beyond_its_interval(tmp_path):
     """One seed: the paired per-image intervals decide. The flag needs both ends: the trained reward's change above
     0 and the other's below 0; an interval that straddles 0 on either side does not flag."""

@@ -113,6 +113,12 @@ def test_catalog_resolution_rules_match_the_architectures():
     vae, unet = (json.loads((cfg / f).read_text()) for f in ("vae.json", "unet.json"))
     sd = 2 ** (len(vae["block_out_channels"]) - 1) * 2 ** (len(unet["block_out_channels"]) - 1)
     assert catalog.RESOLUTION["sd15-random"] == catalog.RESOLUTION["sd15"] == sd == 64
+    for tiny in ("tiny-sd3", "tiny-flux"):
+        assert catalog.RESOLUTION[tiny] == backbones.create(tiny, lora_rank=None).resolution_multiple
+    for real, random_, cfg in (("sd35m", "sd35m-random", "sd35m"), ("flux-dev", "flux-random", "flux-dev")):
+        vae, tr = (json.loads((backbones.CONFIG_DIR / cfg / f).read_text()) for f in ("vae.json", "transformer.json"))
+        patch = 2 if real.startswith("flux") else tr["patch_size"]  # FLUX packs 2×2 latent patches
+        assert catalog.RESOLUTION[real] == catalog.RESOLUTION[random_] == 2 ** (len(vae["block_out_channels"]) - 1) * patch
 
 
 @pytest.mark.parametrize("args, match", [(["--backbone", "tiny", "--resolution", "30"], "multiple of 4"),

@@ -185,6 +185,7 @@ def test_backbone_samples_images_and_grid(tmp_path):
 # ------------------------------------------------------------------------------------------- training smoke tests
 @pytest.mark.parametrize("part,steps,kw", [
     ("diffusion", 20, {"batch_size": 4}),
+    ("flow", 20, {"batch_size": 4}),
     ("clip", 25, {"batch_size": 32}),
     ("aesthetic", 40, {"num_images": 256, "batch_size": 64, "clip_dir": models.WEIGHTS_DIR / "clip"}),
     ("classifier", 25, {"batch_size": 32}),
@@ -196,6 +197,31 @@ def test_a_few_training_steps_lower_the_loss(part, steps, kw, tmp_path):
     assert len(history) == steps
     k = max(3, steps // 5)
     assert np.mean(history[-k:]) < np.mean(history[:k]), history
+
+
+def test_the_flow_trainer_writes_a_rectified_flow_model_that_shapes_flow_loads(tmp_path):
+    """``train flow`` saves the UNet, text encoder, tokenizer and a FlowMatchEulerDiscreteScheduler under flow/;
+    ``shapes-flow`` with that path samples it with the flow sampler. ``init_from`` starts from the DDIM model's
+    weights: two warm-up steps (learning rate 1e-5) leave every parameter within 1e-2 of them (a fresh init would
+    differ everywhere)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from bench import backbones
+    from methods.sampling import FlowSchedule, schedule_for
+
+    train.TRAINERS["flow"](2, 0, tmp_path, batch_size=4, init_from=models.WEIGHTS_DIR)
+    assert {p.name for p in (tmp_path / "flow").iterdir()} == {"unet", "text_encoder", "tokenizer", "scheduler"}
+    bb = backbones.create("shapes-flow", path=str(tmp_path / "flow"), lora_rank=None)
+    assert isinstance(bb.scheduler, FlowMatchEulerDiscreteScheduler)
+    assert isinstance(schedule_for(bb, 4, "cpu"), FlowSchedule)
+    from bench.testbed import generate_images
+
+    imgs = generate_images(bb, ["a red circle on a white background"] * 2, num_steps=4)
+    assert imgs.shape == (2, 3, 24, 24) and torch.isfinite(imgs).all()
+    ddim = models.load_unet()
+    start = {n: p for n, p in ddim.named_parameters()}
+    moved = [n for n, p in bb.unet.named_parameters() if not torch.allclose(p, start[n], atol=1e-2)]
+    assert not moved, moved[:3]
 
 
 def test_caption_reader_reads_rendered_scenes_and_catches_a_wrong_caption():

@@ -10,6 +10,7 @@ values. The LoRA (peft) sits on the UNet attention projections; it is saved as t
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
@@ -107,11 +108,15 @@ class DiffusersBackbone(nn.Module):
             for p in self.trainable_parameters():
                 p.data = p.data.float()
         self._uncond: torch.Tensor | None = None
-        self._latent_size = unet.config.sample_size
+        self._latent_size = self.default_latent_size()
         if resolution is not None:
             self._latent_size = self.check_resolution(resolution) // self.vae_factor
 
     # ------------------------------------------------------------------------------------------------- protocol
+    def default_latent_size(self) -> int:
+        """The latent size the model samples at without ``--resolution``: its denoiser's trained size."""
+        return self.unet.config.sample_size
+
     @property
     def vae_factor(self) -> int:
         """Pixels per latent pixel (1 in pixel space)."""
@@ -261,6 +266,20 @@ def write_slow_tokenizer_files(directory: str | os.PathLike) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------- builders
+@contextlib.contextmanager
+def seeded_build(seed: int, dtype: str | torch.dtype = torch.float32):
+    """Random weights drawn from ``seed`` and built directly in ``dtype`` (a multi-billion-parameter model never
+    exists in fp32 when bf16 is asked for: half the peak); the global RNG and default dtype are restored after."""
+    state, default = torch.random.get_rng_state(), torch.get_default_dtype()
+    torch.manual_seed(seed)
+    torch.set_default_dtype(parse_dtype(dtype))
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(state)
+        torch.set_default_dtype(default)
+
+
 def _ddim(config: dict) -> Any:
     from diffusers import DDIMScheduler
 
@@ -269,6 +288,7 @@ def _ddim(config: dict) -> Any:
 
 PART_FILES = {"unet": "diffusion_pytorch_model.safetensors", "transformer": "diffusion_pytorch_model.safetensors",
               "vae": "diffusion_pytorch_model.safetensors", "text_encoder_3": "model.safetensors",
+              "text_encoder_2": "model.safetensors",
               "text_encoder": "model.safetensors", "tokenizer": "vocab.json", "scheduler": "scheduler_config.json"}
 
 
@@ -277,7 +297,9 @@ def part_loader(path_or_id: str, *, revision: str | None = None, name: str | Non
     first (an offline machine never waits on the network); a missing one raises one line naming the file and the
     flag that supplies it."""
     local = Path(path_or_id).expanduser().exists()
-    env = f"BENCH_{name.upper()}_PATH" if name in HUB_IDS else None
+    from bench.catalog import path_env
+
+    env = path_env(name) if name in HUB_IDS else None
     supply = f"--backbone-path DIR (a local diffusers directory){f' or set {env}' if env else ''}"
 
     def part(cls, sub, **extra):
@@ -327,5 +349,5 @@ def create(name: str, **kw) -> DiffusersBackbone:
     return REGISTRY.get(name)(**kw)
 
 
-from bench.backbones import sd, sd3, sdxl  # noqa: E402,F401  (each family registers its backbones)
+from bench.backbones import flux, sd, sd3, sdxl  # noqa: E402,F401  (each family registers its backbones)
 from bench.backbones.sd import from_config_dir, from_pretrained  # noqa: E402,F401

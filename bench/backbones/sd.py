@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 
 from bench.backbones import CONFIG_DIR, HUB_IDS, DiffusersBackbone, _ddim, part_loader, register
+from bench.catalog import path_env
 
 
 def from_config_dir(config_dir: str | os.PathLike, *, seed: int = 0, tokenizer_dir: str | os.PathLike | None = None,
@@ -56,7 +57,7 @@ def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str |
 def _hub_factory(key: str) -> Callable[..., DiffusersBackbone]:
     def factory(path: str | None = None, **kw) -> DiffusersBackbone:
         kw.pop("seed", None)  # weights come from the checkpoint
-        return from_pretrained(path or os.environ.get(f"BENCH_{key.upper()}_PATH") or HUB_IDS[key], name=key, **kw)
+        return from_pretrained(path or os.environ.get(path_env(key)) or HUB_IDS[key], name=key, **kw)
 
     return factory
 

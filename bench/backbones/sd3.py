@@ -26,9 +26,28 @@ from bench.backbones import CONFIG_DIR, HUB_IDS, BackboneError, Conditioning, Di
 MMDIT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
 
-class SD3Backbone(DiffusersBackbone):
+class TransformerBackbone(DiffusersBackbone):
+    """What the rectified-flow transformer families (SD3, FLUX) share: the LoRA on the attention projections of both
+    streams under ``transformer.`` in peft's key format, and the VAE's shift factor."""
+
     denoiser_prefix = "transformer"
     lora_targets = MMDIT_LORA_TARGETS
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """peft's keys (``lora_A``/``lora_B``) under ``transformer.``: what diffusers' SD3/FLUX training scripts save
+        with the pipelines' ``save_lora_weights`` (the UNet's ``lora.down``/``lora.up`` renaming does not apply)."""
+        from peft.utils import get_peft_model_state_dict
+
+        state = get_peft_model_state_dict(self.unet, adapter_name="default")
+        return {f"{self.denoiser_prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
+
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        z = latents.to(self.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
+        return self.vae.decode(z).sample.float()
+
+
+class SD3Backbone(TransformerBackbone):
 
     def __init__(self, transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3, tokenizer_3,
                  scheduler, vae, *, max_sequence_length: int = 256, **kw):
@@ -43,14 +62,6 @@ class SD3Backbone(DiffusersBackbone):
                 module.requires_grad_(False).eval().to(self.device, self.dtype)
         self.max_sequence_length = max_sequence_length
         self._uncond_pooled: torch.Tensor | None = None
-
-    def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """peft's keys (``lora_A``/``lora_B``) under ``transformer.``: what diffusers' SD3 training scripts save with
-        ``StableDiffusion3Pipeline.save_lora_weights`` (the UNet's ``lora.down``/``lora.up`` renaming does not apply)."""
-        from peft.utils import get_peft_model_state_dict
-
-        state = get_peft_model_state_dict(self.transformer, adapter_name="default")
-        return {f"{self.denoiser_prefix}.{k}": v.detach().float().cpu().contiguous() for k, v in state.items()}
 
     @property
     def resolution_multiple(self) -> int:
@@ -100,11 +111,6 @@ class SD3Backbone(DiffusersBackbone):
         return self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=cond.embeds.to(self.dtype),
                                 pooled_projections=cond.pooled.to(self.dtype)).sample.float()
 
-    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        z = latents.to(self.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-        return self.vae.decode(z).sample.float()
-
     def pipeline(self):
         """A diffusers ``StableDiffusion3Pipeline`` over the same modules."""
         from diffusers import StableDiffusion3Pipeline
@@ -115,7 +121,7 @@ class SD3Backbone(DiffusersBackbone):
                                         text_encoder_3=self.text_encoder_3, tokenizer_3=self.tokenizer_3)
 
 
-def _flow(config: dict):
+def flow_scheduler(config: dict):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     return FlowMatchEulerDiscreteScheduler.from_config(config)
@@ -129,26 +135,20 @@ def from_config_dir(config_dir: str | Path, *, seed: int = 0, name: str | None =
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
 
-    from bench.backbones import parse_dtype
+    from bench.backbones import seeded_build
 
     config_dir = Path(config_dir)
     load = lambda f: json.loads((config_dir / f).read_text())  # noqa: E731
-    state, default = torch.random.get_rng_state(), torch.get_default_dtype()
-    torch.manual_seed(seed)
-    torch.set_default_dtype(parse_dtype(kw.get("dtype", torch.float32)))
-    try:
+    with seeded_build(seed, kw.get("dtype", torch.float32)):
         transformer = SD3Transformer2DModel.from_config(load("transformer.json"))
         vae = AutoencoderKL.from_config(load("vae.json"))
         text_encoder = CLIPTextModelWithProjection(CLIPTextConfig(**load("text_encoder.json")))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**load("text_encoder_2.json")))
         text_encoder_3 = (T5EncoderModel(T5Config(**load("text_encoder_3.json")))
                           if t5 and (config_dir / "text_encoder_3.json").exists() else None)
-    finally:
-        torch.random.set_rng_state(state)
-        torch.set_default_dtype(default)
     tokenizer = CLIPTokenizer.from_pretrained(str(CONFIG_DIR / "char_tokenizer"))
     return SD3Backbone(transformer, text_encoder, tokenizer, text_encoder_2, tokenizer, text_encoder_3,
-                       tokenizer if text_encoder_3 is not None else None, _flow(load("scheduler.json")), vae,
+                       tokenizer if text_encoder_3 is not None else None, flow_scheduler(load("scheduler.json")), vae,
                        name=name or config_dir.name, max_sequence_length=max_sequence_length, **kw)
 
 

@@ -104,20 +104,14 @@ def from_config_dir(config_dir: str | Path, *, seed: int = 0, name: str | None =
 
     config_dir = Path(config_dir)
     load = lambda f: json.loads((config_dir / f).read_text())  # noqa: E731
-    from bench.backbones import parse_dtype  # noqa: E402
+    from bench.backbones import seeded_build
 
-    state, default = torch.random.get_rng_state(), torch.get_default_dtype()
-    torch.manual_seed(seed)
     # built directly in the frozen dtype: SDXL's 2.6B UNet never exists in fp32 when bf16 is asked for (half the peak)
-    torch.set_default_dtype(parse_dtype(kw.get("dtype", torch.float32)))
-    try:
+    with seeded_build(seed, kw.get("dtype", torch.float32)):
         unet = UNet2DConditionModel.from_config(load("unet.json"))
         vae = AutoencoderKL.from_config(load("vae.json"))
         text_encoder = CLIPTextModel(CLIPTextConfig(**load("text_encoder.json")))
         text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(**load("text_encoder_2.json")))
-    finally:
-        torch.random.set_rng_state(state)
-        torch.set_default_dtype(default)
     tokenizer = CLIPTokenizer.from_pretrained(str(CONFIG_DIR / "char_tokenizer"))
     return SDXLBackbone(unet, text_encoder, tokenizer, text_encoder_2, tokenizer, _ddim(load("scheduler.json")), vae,
                         name=name or config_dir.name, **kw)

@@ -32,6 +32,19 @@ def shapes_backbone(device: str | torch.device = "cpu", dtype: torch.dtype | str
                              None, device=device, dtype=dtype, lora_rank=lora_rank, name="shapes", **kw)
 
 
+def shapes_flow_backbone(device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32,
+                         lora_rank: int | None = 4, path: str | None = None, **kw):
+    """The committed rectified-flow testbed model (``weights/flow/``: the same UNet and text encoder architecture,
+    velocity-prediction, a ``FlowMatchEulerDiscreteScheduler``), pixel space, 24 px."""
+    from bench.backbones import DiffusersBackbone
+
+    root = Path(path) if path else WEIGHTS_DIR / "flow"
+    kw.pop("seed", None)
+    return DiffusersBackbone(models.load_unet(root / "unet"), models.load_text_encoder(root / "text_encoder"),
+                             models.load_tokenizer(root / "tokenizer"), models.load_flow_scheduler(root / "scheduler"),
+                             None, device=device, dtype=dtype, lora_rank=lora_rank, name="shapes-flow", **kw)
+
+
 def generate_images(backbone, prompts: Sequence[str], seed: int = 0, num_steps: int = DEFAULT_STEPS,
                     guidance_scale: float | None = None, batch_size: int = 64) -> torch.Tensor:
     """Images [len(prompts),3,H,W] in [0,1] with the project's DDIM sampler (eta 0), noise drawn from ``seed``."""
@@ -76,6 +89,10 @@ def _register() -> None:
     if "shapes" not in backbones.available():
         backbones.register("shapes", "the shapes testbed: pixel-space 24 px UNet + CLIP text encoder trained here, "
                                      "committed weights (no download)")(shapes_backbone)
+    if "shapes-flow" not in backbones.available():
+        backbones.register("shapes-flow", "the shapes testbed's rectified-flow model: the same UNet and text encoder "
+                                          "trained on the flow-matching objective (velocity, Euler / flow SDE), "
+                                          "committed weights")(shapes_flow_backbone)
 
 
 _register()

@@ -1,6 +1,6 @@
 """``python -m bench testbed ...``: train the testbed's networks, measure its quality gates, sample it.
 
-    python -m bench testbed train <diffusion|clip|aesthetic|classifier|detector|all> [--steps N] [--seed S]
+    python -m bench testbed train <diffusion|flow|clip|aesthetic|classifier|detector|all> [--steps N] [--seed S]
     python -m bench testbed gates [--samples 256] [--guidance G] [--out runs/testbed/gates.json]
     python -m bench testbed sample --prompt "a red circle on a white background" --out grid.png [--lora PATH[:SCALE]]
 
@@ -42,12 +42,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     tr.add_argument("--steps", type=int, default=None, help=f"default per part: {train.DEFAULT_STEPS}")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--max-minutes", type=float, default=None,
-                    help="diffusion only: wall-time cap; the learning-rate schedule follows the cap")
+                    help="diffusion and flow only: wall-time cap; the learning-rate schedule follows the cap")
     tr.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    tr.add_argument("--resume", action="store_true", help="diffusion only: continue from the committed weights")
+    tr.add_argument("--resume", action="store_true", help="diffusion and flow only: continue from the committed weights")
     tr.add_argument("--offset-noise", type=float, default=None,
-                    help="diffusion only: std of a per-image, per-channel constant added to the training noise")
-    tr.add_argument("--lr", type=float, default=None, help="diffusion only: peak learning rate (default 1e-3)")
+                    help="diffusion and flow only: std of a per-image, per-channel constant added to the training noise")
+    tr.add_argument("--lr", type=float, default=None, help="diffusion and flow only: peak learning rate (default 1e-3)")
+    tr.add_argument("--init-from", default=None, metavar="DIR",
+                    help="diffusion and flow only: start from the unet/ and text_encoder/ in DIR (e.g. the committed "
+                         "DDIM model bench/testbed/weights for the flow model)")
     tr.add_argument("--out-dir", default=str(DEFAULT_OUT / "weights"),
                     help="where the weights go (default runs/testbed/weights; bench/testbed/weights replaces the "
                          "committed ones and records them in its manifest.json)")
@@ -60,6 +63,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--out", default=str(DEFAULT_OUT / "gates.json"),
                    help="default runs/testbed/gates.json (bench/testbed/weights/gates.json: the committed report)")
+    g.add_argument("--backbone", choices=("shapes", "shapes-flow"), default="shapes",
+                   help="the DDIM model (default) or the rectified-flow one (bench/testbed/weights/flow)")
     g.add_argument("--sweep", action="store_true", help="only sweep the guidance scale on training captions")
     s = sub.add_parser("sample", help="write a PNG grid of testbed samples",
                        description="Sample the testbed (one column per prompt), optionally with LoRAs.",
@@ -101,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["lr"] = args.lr
         if args.offset_noise:
             extra["offset_noise"] = args.offset_noise
+        if args.init_from:
+            extra["init_from"] = Path(args.init_from)
         out_dir.mkdir(parents=True, exist_ok=True)
         if not committed and args.part == "aesthetic" and not (out_dir / "clip").exists():
             import shutil  # the aesthetic head reads the small CLIP's features: start from the committed CLIP
@@ -116,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.sweep:
             guidance_sweep()
             return 0
-        results = run_gates(samples=args.samples, guidance_scale=args.guidance, seed=args.seed, out=args.out)
+        results = run_gates(samples=args.samples, guidance_scale=args.guidance, seed=args.seed, out=args.out,
+                            backbone=args.backbone)
         return 0 if all(g["passed"] for g in results["gates"].values()) else 1
     if args.testbed_command == "sample":
         from . import sample_grid, shapes_backbone

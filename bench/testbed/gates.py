@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import generate_images, models, shapes_backbone, world
+from . import generate_images, models, shapes_backbone, shapes_flow_backbone, world
 from .gold import background, gold_aesthetic
 from .world import COLORS, COLOR_NAMES, SHAPES
 
@@ -215,12 +215,15 @@ def measure_speed(backbone, guidance_scale: float, repeats: int = 3) -> dict:
 
 
 def run_gates(samples: int = 256, guidance_scale: float | None = None, seed: int = 0, out: str | None = None,
-              verbose: bool = True) -> dict:
+              verbose: bool = True, backbone: str = "shapes") -> dict:
+    """Measure the gates on one testbed diffusion model: ``shapes`` (the DDIM model) or ``shapes-flow`` (the
+    rectified-flow one); both are held to the same thresholds."""
     from rewards import create
 
     guidance_scale = models.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
     rng = np.random.default_rng(seed)
-    backbone = shapes_backbone(lora_rank=None)
+    model_name = backbone
+    backbone = shapes_flow_backbone(lora_rank=None) if model_name == "shapes-flow" else shapes_backbone(lora_rank=None)
     classifier = create("shapes-classifier", target="circle")
     alignment = create("shapes-alignment")
     aesthetic = create("shapes-aesthetic")
@@ -228,7 +231,7 @@ def run_gates(samples: int = 256, guidance_scale: float | None = None, seed: int
     detector_tok = models.load_tokenizer(models.WEIGHTS_DIR / "detector")
     measured: dict[str, float] = {}
     details: dict[str, object] = {"guidance_scale": guidance_scale, "num_steps": models.DEFAULT_STEPS, "eta": 0.0,
-                                  "samples": samples, "seed": seed}
+                                  "samples": samples, "seed": seed, "backbone": model_name}
 
     def log(msg):
         if verbose:

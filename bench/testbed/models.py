@@ -9,6 +9,8 @@ tokenizer          ``transformers.PreTrainedTokenizerFast`` (WordLevel)    the C
 text encoder       ``transformers.CLIPTextModel``                          SD 1.x's CLIP ViT-L/14 text tower
 diffusion model    ``diffusers.UNet2DConditionModel`` (pixel space, eps)   SD's latent UNet
 scheduler          ``diffusers.DDIMScheduler``                             SD's DDIM/PNDM schedule
+flow model         the same UNet + text encoder, velocity-prediction,      SD 3.5 / FLUX's rectified flow
+                   ``FlowMatchEulerDiscreteScheduler`` (``flow/``)
 CLIP               ``transformers.CLIPModel`` (image + text towers)        PickScore / HPSv2 CLIP-H
 aesthetic head     ``AestheticHead`` (MLP) on CLIP image features          LAION aesthetic v2 MLP on CLIP ViT-L/14
 classifier         ``transformers.ResNetForImageClassification``           torchvision ResNet-50 (ImageNet)
@@ -30,7 +32,7 @@ from .world import BACKGROUND_NAMES, COLOR_NAMES, RESOLUTION, SHAPES
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 #: the folders under WEIGHTS_DIR that each registered testbed name reads. A grid cell's weights fingerprint covers
 #: only the folders of its backbone and rewards, so retraining one network invalidates only the cells that use it.
-WEIGHT_FOLDERS = {"shapes": ("unet", "text_encoder", "scheduler", "tokenizer"),
+WEIGHT_FOLDERS = {"shapes": ("unet", "text_encoder", "scheduler", "tokenizer"), "shapes-flow": ("flow",),
                   "shapes-alignment": ("clip",), "shapes-aesthetic": ("clip", "aesthetic"),
                   "shapes-classifier": ("classifier",), "shapes-detector": ("detector",),
                   "shapes-gold-aesthetic": ()}
@@ -118,6 +120,13 @@ def scheduler_config() -> dict:
     methods see no clamp."""
     return dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=False,
                 set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading", prediction_type="epsilon")
+
+
+def flow_scheduler_config() -> dict:
+    """Plain rectified flow (shift 1): sigmas evenly spaced from 1 to 0, the Euler step between them. FLUX's
+    resolution rule would give a shift of ≈ 1.7 at 24 × 24 = 576 values per channel; at 20 steps the plain schedule
+    already spends its first steps where the layout and background are decided."""
+    return dict(num_train_timesteps=1000, shift=1.0)
 
 
 def clip_config():
@@ -226,7 +235,8 @@ class ConvDetector(nn.Module):
 def load_unet(path: Path | None = None):
     from diffusers import UNet2DConditionModel
 
-    return UNet2DConditionModel.from_pretrained(str(_check(path or WEIGHTS_DIR / "unet", "diffusion")))
+    return UNet2DConditionModel.from_pretrained(str(_check(path or WEIGHTS_DIR / "unet", "diffusion")),
+                                                torch_dtype=torch.float32)  # the flow UNet is stored in fp16
 
 
 def load_text_encoder(path: Path | None = None):
@@ -239,6 +249,13 @@ def load_scheduler(path: Path | None = None):
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_pretrained(str(_check(path or WEIGHTS_DIR / "scheduler", "diffusion")))
+
+
+def load_flow_scheduler(path: Path | None = None):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler.from_pretrained(str(_check(path or WEIGHTS_DIR / "flow" / "scheduler",
+                                                                      "flow")))
 
 
 def load_clip(path: Path | None = None):

@@ -19,8 +19,10 @@ import torch.nn.functional as F
 from . import models, world
 from .world import COLOR_NAMES, SHAPES
 
-PARTS = ("diffusion", "clip", "aesthetic", "classifier", "detector")
-DEFAULT_STEPS = {"diffusion": 4000, "clip": 700, "aesthetic": 1500, "classifier": 800, "detector": 1500}
+PARTS = ("diffusion", "flow", "clip", "aesthetic", "classifier", "detector")
+DEFAULT_STEPS = {"diffusion": 4000, "flow": 3000, "clip": 700, "aesthetic": 1500, "classifier": 800, "detector": 1500}
+#: parts the diffusion trainer's options (--resume, --lr, --max-minutes, --offset-noise) apply to
+DENOISERS = ("diffusion", "flow")
 CAPTION_DROPOUT = 0.1
 
 
@@ -92,7 +94,8 @@ def update(opt: torch.optim.Optimizer, loss: torch.Tensor, losses: list, clip_pa
 
 def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, lr: float = 1e-3,
                     max_minutes: float | None = None, ema_decay: float = 0.998, min_snr_gamma: float = 5.0,
-                    history: list | None = None, resume: bool = False, offset_noise: float = 0.0):
+                    history: list | None = None, resume: bool = False, offset_noise: float = 0.0,
+                    objective: str = "eps", init_from: Path | None = None):
     """UNet (eps-prediction, pixel space in [-1,1]) and CLIP text encoder trained jointly from scratch on the
     noise-prediction MSE with min-SNR-5 weighting (Hang et al. 2023: weight min(SNR, 5)/SNR for eps, faster
     convergence); captions replaced by "" with probability 0.1 (classifier-free guidance). Saves the EMA weights.
@@ -107,21 +110,29 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
     background: 2.6 standard deviations of a 24 px noise's mean), so a model trained without it reads the background
     from the noise and, given noise of mean 0, paints grey whatever the caption says (measured on the first model:
     white backgrounds 7%, black 24%; 96% and 95% when the starting noise's mean was set to the caption's background's
-    signal). With the offset the channel mean is no longer a reliable cue and the caption has to set the background."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    signal). With the offset the channel mean is no longer a reliable cue and the caption has to set the background.
+
+    ``objective="flow"`` trains the rectified-flow model ``shapes-flow`` (``train_flow``) instead: same UNet, text
+    encoder, captions and dropout; x_s = (1 - s) x0 + s noise with s ~ U(0, 1), the model given s·1000 and fitted to
+    the velocity noise - x0 (plain MSE); a ``FlowMatchEulerDiscreteScheduler`` saved beside it. ``init_from`` starts
+    from another model's weights (a directory with unet/ and text_encoder/)."""
+    from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
+    flow = objective == "flow"
     torch.manual_seed(seed)
     tokenizer = models.build_tokenizer()
-    if resume:
-        unet, text_encoder = models.load_unet(out_dir / "unet"), models.load_text_encoder(out_dir / "text_encoder")
+    source = out_dir if resume else init_from
+    if source is not None:
+        unet, text_encoder = models.load_unet(source / "unet"), models.load_text_encoder(source / "text_encoder")
     else:
         unet = UNet2DConditionModel(**models.unet_config())
         text_encoder = CLIPTextModel(models.text_encoder_config())
     unet.train()
     text_encoder.train()
-    scheduler = DDIMScheduler(**models.scheduler_config())
-    alphas = scheduler.alphas_cumprod.float()
+    scheduler = (FlowMatchEulerDiscreteScheduler(**models.flow_scheduler_config()) if flow
+                 else DDIMScheduler(**models.scheduler_config()))
+    alphas = None if flow else scheduler.alphas_cumprod.float()
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
@@ -140,8 +151,9 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
         for p, b in zip(params, backup):
             p.data.copy_(b)
 
-    snr = alphas / (1 - alphas)
-    loss_weight = snr.clamp(max=min_snr_gamma) / snr
+    if not flow:
+        snr = alphas / (1 - alphas)
+        loss_weight = snr.clamp(max=min_snr_gamma) / snr
     for step in range(steps):
         elapsed = time.time() - start
         if max_minutes and elapsed > 60 * max_minutes:
@@ -154,15 +166,22 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
         x0 = images * 2 - 1
         captions = [("" if torch.rand((), generator=gen) < CAPTION_DROPOUT else s.caption) for s in scenes]
         ids, _ = models.tokenize(tokenizer, captions)
-        t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         if offset_noise:
             noise = noise + offset_noise * torch.randn(x0.shape[:2] + (1, 1), generator=gen)
-        a = alphas[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = unet(x_t, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        mse = (pred - noise).pow(2).mean(dim=(1, 2, 3))
-        loss = (loss_weight[t] * mse).mean()
+        if flow:
+            s = torch.rand((x0.shape[0],), generator=gen)
+            x_t = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * noise
+            pred = unet(x_t, s * scheduler.config.num_train_timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
+            mse = (pred - (noise - x0)).pow(2).mean(dim=(1, 2, 3))
+            loss = mse.mean()
+        else:
+            t = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+            a = alphas[t].view(-1, 1, 1, 1)
+            x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+            pred = unet(x_t, t, encoder_hidden_states=text_encoder(ids)[0]).sample
+            mse = (pred - noise).pow(2).mean(dim=(1, 2, 3))
+            loss = (loss_weight[t] * mse).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -173,12 +192,19 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
                 e.lerp_(p.detach(), 1 - decay)
         losses.append(mse.mean().item())
         if step % 10 == 0:
-            log(f"diffusion step {step} eps mse {np.mean(losses[-50:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"({time.time() - start:.0f}s)")
+            log(f"{objective} step {step} {objective} mse {np.mean(losses[-50:]):.4f} "
+                f"lr {opt.param_groups[0]['lr']:.2e} ({time.time() - start:.0f}s)")
         if step and step % 500 == 0:
             save()
     save()
-    return step + 1, time.time() - start, {"eps_mse": np.mean(losses[-50:])}
+    return step + 1, time.time() - start, {f"{'velocity' if flow else 'eps'}_mse": np.mean(losses[-50:])}
+
+
+def train_flow(steps: int, seed: int, out_dir: Path, init_from: Path | None = None, **kw):
+    """``shapes-flow``: the rectified-flow testbed model (``train_diffusion(objective="flow")``), written to
+    ``out_dir/flow/``. ``init_from`` (default: none, from scratch) starts from the DDIM model's weights: the same
+    network learns the velocity of the same world (a fine-tune of the objective, far cheaper than from scratch)."""
+    return train_diffusion(steps, seed, out_dir / "flow", objective="flow", init_from=init_from, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------- CLIP
@@ -386,7 +412,7 @@ def train_detector(steps: int, seed: int, out_dir: Path, batch_size: int = 128, 
     return steps, time.time() - start, {"bce": np.mean(losses[-50:])}
 
 
-TRAINERS = {"diffusion": train_diffusion, "clip": train_clip, "aesthetic": train_aesthetic,
+TRAINERS = {"diffusion": train_diffusion, "flow": train_flow, "clip": train_clip, "aesthetic": train_aesthetic,
             "classifier": train_classifier, "detector": train_detector}
 
 
@@ -399,9 +425,9 @@ def run(part: str, steps: int | None, seed: int, argv: list[str], out_dir: Path 
     for p in (PARTS if part == "all" else (part,)):
         n = steps or DEFAULT_STEPS[p]
         log(f"training {p}: {n} steps, seed {seed}")
-        done, wall, losses = TRAINERS[p](n, seed, out_dir, **(kwargs if p == "diffusion" else {}))
+        done, wall, losses = TRAINERS[p](n, seed, out_dir, **(kwargs if p in DENOISERS else {}))
         results[p] = {"steps": done, "wall_time_s": wall, "final_losses": losses}
         if record_manifest:
-            record(p, [p] + argv, seed, done, wall, losses, resumed=bool(kwargs.get("resume")) and p == "diffusion")
+            record(p, [p] + argv, seed, done, wall, losses, resumed=bool(kwargs.get("resume")) and p in DENOISERS)
         log(f"{p}: {done} steps in {wall:.0f}s, final losses {losses}")
     return results
