@@ -33,7 +33,7 @@ def add_run_parser(sub) -> None:
                                    "that task's cell in the default grid (the `quick` preset on the testbed, `sd15` "
                                    "on real tasks), so it reproduces one leaderboard cell.", epilog=RUN_EXAMPLES)
     p.add_argument("--grid", action="store_true", help="run a preset grid (default preset: quick)")
-    p.add_argument("--preset", default=None, help="preset (quick, ci, paper, sd15, systems): the grid to run, or the "
+    p.add_argument("--preset", default=None, help="preset (`python -m bench list presets` lists them): the grid to run, or the "
                    "protocol of one cell (default: quick for testbed tasks, sd15 for real ones)")
     p.add_argument("--method", "--methods", dest="method", default=None,
                    help="method name (grid: comma-separated list or wildcard)")

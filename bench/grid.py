@@ -582,8 +582,10 @@ def run_from_args(args) -> int:
         return 1 if not notes else 0
     command = "python -m bench " + " ".join(getattr(args, "argv", None) or ["run", "--grid"])
     info_path = out_dir / "run_info.json"
+    n_backbones = len({s.backbone for s in specs})
     console.print(f"grid {preset.name}: {len(specs)} cells ({len({s.method for s in specs})} methods × "
-                  f"{len({s.task for s in specs})} tasks × {len({s.seed for s in specs})} seeds), budget "
+                  f"{len({s.task for s in specs})} tasks × {len({s.seed for s in specs})} seeds"
+                  f"{f' × {n_backbones} backbones' if n_backbones > 1 else ''}), budget "
                   f"{specs[0].budget} samples, device {', '.join(devices) if devices else specs[0].device}, {jobs} at a "
                   f"time -> {out_dir}")
     started = time.time()

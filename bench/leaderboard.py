@@ -464,24 +464,46 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     gold_col = next((c for c in cells.columns if c.startswith("shapes-gold-aesthetic") and c.endswith("_final")), None)
     if gold_col:
         init_col = gold_col.replace("_final", "_initial")
-        gold_curve = gold_col.replace("_final", "_mean")
-        ga = ok[ok[gold_col].notna()]
-        for m, g in ga.groupby("method"):
-            p0, p1 = g["reward_initial"].mean(), g["reward_final"].mean()
-            g0, g1 = g[init_col].mean(), g[gold_col].mean()
-            line = (f"- over-optimisation, {m} — claim: the proxy reward rises while the gold one falls; rule: proxy "
-                    f"final > initial and gold final < initial. Measured: proxy {p0:.4g} → {p1:.4g}, gold "
-                    f"{g0:.4g} → {g1:.4g}")
-            grid, gold = _mean_curve(ga, curves, m, gold_curve)
-            if len(grid) > 2 and np.isfinite(gold).any():
-                peak = int(np.nanargmax(gold))
-                _, proxy = _mean_curve(ga, curves, m)
-                line += f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples" + (
-                    f", then falls by {gold[peak] - gold[-1]:.3g} while the proxy changes by "
-                    f"{proxy[-1] - proxy[peak]:+.3g}" if peak < len(grid) - 1 else " (the last evaluation)")
-            line += f". Verdict: {'holds' if p1 > p0 and g1 < g0 else 'does not hold'}."
-            out.append(line)
+        gold_name = gold_col[: -len("_final")]
+        # only where the trained reward is the gold's learned proxy (the task evaluates both: shapes-aesthetic), per
+        # task and backbone: elsewhere the gold is a cross reward (its fall is the "falls while trained rises" flag),
+        # and a proxy averaged over tasks or models with different scales means nothing
+        for task, tg in ok[ok[gold_col].notna()].groupby("task"):
+            if not _evaluates(tg["base_task"].iloc[0] if "base_task" in tg else task, gold_name):
+                continue
+            out += _overoptimisation(task, tg, curves, init_col, gold_col, gold_col.replace("_final", "_mean"))
     out.append("")
+    return out
+
+
+def _evaluates(task: str, reward: str) -> bool:
+    """Whether ``task``'s definition evaluates ``reward`` beside its own (its ``eval_rewards``)."""
+    from bench import tasks as tasks_mod
+
+    try:
+        return reward in tasks_mod.get(task).eval_rewards
+    except Exception:  # a task not registered here (results from elsewhere): no claim rather than a wrong one
+        return False
+
+
+def _overoptimisation(task: str, ga: pd.DataFrame, curves: pd.DataFrame, init_col: str, gold_col: str,
+                      gold_curve: str) -> list[str]:
+    out = []
+    for m, g in ga.groupby("method"):
+        p0, p1 = g["reward_initial"].mean(), g["reward_final"].mean()
+        g0, g1 = g[init_col].mean(), g[gold_col].mean()
+        line = (f"- over-optimisation, {task}, {m} — claim: the proxy reward rises while the gold one falls; rule: "
+                f"proxy final > initial and gold final < initial. Measured: proxy {p0:.4g} → {p1:.4g}, gold "
+                f"{g0:.4g} → {g1:.4g}")
+        grid, gold = _mean_curve(ga, curves, m, gold_curve)
+        if len(grid) > 2 and np.isfinite(gold).any():
+            peak = int(np.nanargmax(gold))
+            _, proxy = _mean_curve(ga, curves, m)
+            line += f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples" + (
+                f", then falls by {gold[peak] - gold[-1]:.3g} while the proxy changes by "
+                f"{proxy[-1] - proxy[peak]:+.3g}" if peak < len(grid) - 1 else " (the last evaluation)")
+        line += f". Verdict: {'holds' if p1 > p0 and g1 < g0 else 'does not hold'}."
+        out.append(line)
     return out
 
 

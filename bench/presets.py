@@ -82,6 +82,9 @@ FLOW_TASKS = ["shapes-aesthetic", "shapes-compressibility"]
 #: every method on both testbed models, DDIM (shapes) and rectified flow (shapes-flow), side by side
 FLOW_CELLS = tuple((m, t, bb) for t in FLOW_TASKS for bb in ("shapes", "shapes-flow") for m in EVERY_METHOD)
 
+FLOW_LONG_CELLS = tuple((m, "shapes-aesthetic", bb) for bb in ("shapes", "shapes-flow")
+                        for m in ("draft-1", "refl", "ddpo", "grpo", "flow-grpo", "diffusion-nft"))
+
 #: smoke-real: every method on both real architectures, every real reward at its full architecture (random weights)
 _SMOKE_TASKS = ["compressibility", "aesthetic-animals", "hpsv2", "pickscore", "imagereward", "adversarial-cat",
                 "add-strawberries", "compressibility"]
@@ -125,6 +128,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            EVERY_METHOD, FLOW_TASKS, cells=FLOW_CELLS, seeds=[0], budget=32, batch_size=4, eval_every=16,
            eval_images_per_prompt=4, protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(32, 8), device="cpu",
            jobs=2, expected_time="≈ 15 min on 2 CPU cores (README)"),
+    Preset("flow-long", "the likelihood-ratio and forward-process methods given 16x flow's samples (512, batch 8), "
+           "beside DRaFT-1 and ReFL, on both testbed models, shapes-aesthetic, 1 seed: does the GRPO family learn "
+           "when it has the samples it needs?",
+           ["draft-1", "refl", "ddpo", "grpo", "flow-grpo", "diffusion-nft"], ["shapes-aesthetic"],
+           cells=FLOW_LONG_CELLS, seeds=[0], budget=512, batch_size=8, eval_every=64, eval_images_per_prompt=4,
+           protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(64, 16), device="cpu", jobs=2,
+           expected_time="≈ 45 min on 1 CPU core (README)"),
     Preset("sd15", "the real grid: SD 1.5, the real reward zoo, every method, 3 seeds (GPU)",
            ALL_METHODS, REAL_TASKS, backbone="sd15", seeds=[0, 1, 2], budget=4096, batch_size=8, eval_every=512,
            eval_images_per_prompt=4, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA, lora_rank=8, device="cuda",

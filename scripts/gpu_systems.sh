@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
-# On the GPU machine (device tool, `carry: [".whl"]`): install the carried wheels, then measure every method on
-# SD-1.5's architecture at 512 px (the `systems` preset: bf16 frozen weights, fp32 LoRA, SDPA, TF32, FLOPs per sample
-# and MFU) into $OUT/results/systems, then SDXL's (`systems-xl`) with the time left; the leaderboard and rows come back under $OUT. Budget: <= 8 minutes.
+# On the GPU machine (device tool, `carry: [".whl"]`): install the carried wheels, then measure the `systems` presets
+# (random weights, bf16 frozen weights, fp32 LoRA, SDPA, TF32; peak memory, samples/s, FLOPs per sample and MFU) into
+# $OUT/results/<preset>; the leaderboards and rows come back under $OUT. Budget: <= 8 minutes in all.
+#
+#   bash scripts/gpu_systems.sh                              # systems (SD-1.5, 512 px), then systems-xl (SDXL, 1024 px)
+#   bash scripts/gpu_systems.sh systems-sd35m systems-flux   # the flow architectures: SD-3.5-Medium, then FLUX.1-dev
+#
+# The first preset gets up to 450 s; each next one what is left of the 8 minutes (if more than 90 s). A preset cut off
+# by the time limit keeps every finished cell's row in results/<preset>/cells.csv.
 set -uo pipefail
+presets=("$@")
+[ ${#presets[@]} -eq 0 ] && presets=(systems systems-xl)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
   && export PYTHONPATH=/tmp/site:$PWD || exit 1
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 out=${OUT:-/tmp/out}
-timeout 450 python3 -m bench run --grid --preset systems --results-dir "$out/results" 2>&1 | tee "$out/systems.log"
-python3 -m bench leaderboard "$out/results/systems" --no-plots > /dev/null 2>&1 || true
-# then SDXL's architecture at 1024 px (`systems-xl`) in whatever is left of the 8 minutes: each finished cell's row
-# lands in results/systems-xl/cells.csv even if the time runs out mid-grid
-left=$((460 - SECONDS))
-if [ "$left" -gt 90 ]; then
-  timeout "$left" python3 -m bench run --grid --preset systems-xl --results-dir "$out/results" 2>&1 | tee "$out/systems-xl.log"
-  python3 -m bench leaderboard "$out/results/systems-xl" --no-plots > /dev/null 2>&1 || true
-fi
+for preset in "${presets[@]}"; do
+  left=$((460 - SECONDS)); [ "$left" -gt 450 ] && left=450
+  if [ "$left" -le 90 ]; then echo "no time left for $preset"; continue; fi
+  timeout "$left" python3 -m bench run --grid --preset "$preset" --results-dir "$out/results" 2>&1 | tee "$out/$preset.log"
+  python3 -m bench leaderboard "$out/results/$preset" --no-plots > /dev/null 2>&1 || true
+done

@@ -103,8 +103,14 @@ def test_flux_lora_loads_into_a_vanilla_flux_pipeline_with_identical_output(tmp_
     assert (again - ours).abs().max() < 1e-4
 
 
-@pytest.mark.parametrize("method", ["ddpo", "refl", "draft", "draft-k", "draft-1", "draft-lv", "alignprop", "drtune",
-                                    "grpo", "flow-grpo", "diffusion-nft"])
+#: one method of each family runs in the default suite (gradient through the sampler, likelihood ratio, forward
+#: process); the rest are `-m slow` (every method also steps on tiny-sd3 in the default suite, same flow sampler)
+_FAST = ("draft-lv", "flow-grpo", "diffusion-nft")
+
+
+@pytest.mark.parametrize("method", [m if m in _FAST else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in ["ddpo", "refl", "draft", "draft-k", "draft-1", "draft-lv", "alignprop",
+                                              "drtune", "grpo", "flow-grpo", "diffusion-nft"]])
 def test_every_method_takes_a_step_on_tiny_flux(method):
     """Every method trains the FLUX transformer's LoRA on the flow sampler (the likelihood-ratio ones through the flow
     SDE's log-prob; diffusion-nft on the forward process)."""

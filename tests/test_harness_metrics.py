@@ -284,3 +284,25 @@ def test_a_cell_reports_cross_rewards_and_its_own_sampler_beside_the_shared_eval
     assert math.isfinite(row["reward_own_final"]) and row["reward_own_initial"] != row["reward_initial"]
     row, _ = run_cell(CellSpec(method="draft-1", **kw, **common))
     assert row["own_sampler"] == "shared" and row["reward_own_final"] == row["reward_final"]
+
+
+def test_over_optimisation_claim_is_per_task_and_backbone_and_only_where_the_proxy_is_trained():
+    """The proxy-up/gold-down claim reads the task whose reward is the gold's learned proxy (shapes-aesthetic, which
+    evaluates both), one line per backbone with that backbone's own numbers; a task where the gold is only a cross
+    reward (shapes-compressibility) makes no such claim, and nothing is averaged across tasks or models."""
+    from bench import leaderboard
+
+    gold = "shapes-gold-aesthetic"
+    rows = [dict(cell_id=f"{t}-{b}", task=t, base_task=t.split(" on ")[0], backbone=b, method="draft-1", seed=0,
+                 status="ok", reward_initial=p0, reward_final=p1, **{f"{gold}_initial": g0, f"{gold}_final": g1})
+            for t, b, p0, p1, g0, g1 in [("shapes-aesthetic on shapes", "shapes", 4.5, 5.0, 5.0, 4.9),
+                                         ("shapes-aesthetic on shapes-flow", "shapes-flow", 6.0, 6.2, 5.7, 5.8),
+                                         ("shapes-compressibility", "shapes", -1.0, -0.9, 5.0, 4.0)]]
+    lines = [ln for ln in leaderboard.claims(pd.DataFrame(rows), pd.DataFrame(columns=["cell_id", "samples"]))
+             if "over-optimisation" in ln]
+    assert len(lines) == 2, lines
+    on_ddim, on_flow = sorted(lines)
+    assert "shapes-aesthetic on shapes, draft-1" in on_ddim and "proxy 4.5 → 5" in on_ddim
+    assert "gold 5 → 4.9" in on_ddim and on_ddim.endswith("Verdict: holds.")
+    assert "shapes-aesthetic on shapes-flow, draft-1" in on_flow and "proxy 6 → 6.2" in on_flow
+    assert on_flow.endswith("Verdict: does not hold.")
