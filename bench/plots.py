@@ -43,6 +43,26 @@ def method_curves(cells: pd.DataFrame, curves: pd.DataFrame, column: str) -> dic
     return out
 
 
+#: every method keeps its colour in every plot (matplotlib's cycle has 10 colours and the zoo has 11 methods: two
+#: would share one); the line style says the family: through the sampler (solid), likelihood ratio (dashed),
+#: forward process (dotted)
+METHOD_STYLE = {m: (c, ls) for m, c, ls in [
+    ("draft", "#1f77b4", "-"), ("draft-k", "#ff7f0e", "-"), ("draft-1", "#2ca02c", "-"), ("draft-lv", "#d62728", "-"),
+    ("alignprop", "#9467bd", "-"), ("drtune", "#8c564b", "-"), ("refl", "#e377c2", "-"), ("ddpo", "#7f7f7f", "--"),
+    ("grpo", "#bcbd22", "--"), ("flow-grpo", "#17becf", "--"), ("diffusion-nft", "#000000", ":")]}
+
+
+def method_style(method: str) -> tuple[str, str]:
+    """(colour, line style) of a method; a method not in ``METHOD_STYLE`` gets a colour fixed by its name."""
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    import zlib
+
+    from matplotlib import colormaps
+
+    return colormaps["tab20b"](zlib.crc32(method.encode()) % 20), "-."
+
+
 def reward_vs_samples(task: str, cells: pd.DataFrame, curves: pd.DataFrame, path: Path) -> None:
     plt = _plt()
     headline = cells["eval_reward"].dropna().iloc[0]
@@ -51,9 +71,9 @@ def reward_vs_samples(task: str, cells: pd.DataFrame, curves: pd.DataFrame, path
     fig, axes = plt.subplots(1, len(columns), figsize=(5.5 * len(columns), 4), squeeze=False)
     for ax, column in zip(axes[0], columns):
         for method, (grid, mean, half) in sorted(method_curves(cells, curves, column).items()):
-            line, = ax.plot(grid, mean, marker="o", ms=3, label=method)
-            ax.fill_between(grid, mean - np.nan_to_num(half), mean + np.nan_to_num(half), color=line.get_color(),
-                            alpha=0.2)
+            colour, style = method_style(method)
+            ax.plot(grid, mean, marker="o", ms=3, label=method, color=colour, linestyle=style)
+            ax.fill_between(grid, mean - np.nan_to_num(half), mean + np.nan_to_num(half), color=colour, alpha=0.15)
         ax.set_xlabel("training samples")
         ax.set_ylabel(column[: -len("_mean")])
         ax.grid(alpha=0.3)
@@ -70,7 +90,7 @@ def memory_vs_throughput(cells: pd.DataFrame, path: Path) -> None:
     for method, g in ok.groupby("method"):
         x, y = g["samples_per_s"].mean(), g["peak_mem_mb"].mean()
         if math.isfinite(x) and math.isfinite(y):
-            ax.scatter(x, y, s=40)
+            ax.scatter(x, y, s=40, color=method_style(method)[0])
             ax.annotate(method, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
     device = ", ".join(map(str, ok["device"].dropna().unique())) if "device" in ok else ""
     ax.set_xlabel("training samples / s")

@@ -306,3 +306,15 @@ def test_over_optimisation_claim_is_per_task_and_backbone_and_only_where_the_pro
     assert "gold 5 → 4.9" in on_ddim and on_ddim.endswith("Verdict: holds.")
     assert "shapes-aesthetic on shapes-flow, draft-1" in on_flow and "proxy 6 → 6.2" in on_flow
     assert on_flow.endswith("Verdict: does not hold.")
+
+
+def test_every_registered_method_has_its_own_colour_in_the_plots():
+    """Eleven methods, matplotlib's cycle has ten colours: without a fixed map two methods (alignprop and refl in the
+    flow grid) were drawn in the same colour."""
+    import methods
+    from bench.plots import method_style
+
+    names = methods.available()
+    colours = [method_style(m)[0] for m in names]
+    assert len(names) >= 11 and len(set(colours)) == len(colours), dict(zip(names, colours))
+    assert method_style("ddpo")[1] != method_style("draft-1")[1]  # the family shows in the line style
