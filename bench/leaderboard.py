@@ -477,13 +477,15 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
 
 
 def _evaluates(task: str, reward: str) -> bool:
-    """Whether ``task``'s definition evaluates ``reward`` beside its own (its ``eval_rewards``)."""
+    """Whether ``task``'s definition evaluates ``reward`` beside its own (its ``eval_rewards``); a task not
+    registered here (results from elsewhere) is judged by its rows, which report the reward beside its own."""
     from bench import tasks as tasks_mod
 
     try:
-        return reward in tasks_mod.get(task).eval_rewards
-    except Exception:  # a task not registered here (results from elsewhere): no claim rather than a wrong one
-        return False
+        definition = tasks_mod.get(task)
+    except Exception:
+        return True
+    return reward in definition.eval_rewards
 
 
 def _overoptimisation(task: str, ga: pd.DataFrame, curves: pd.DataFrame, init_col: str, gold_col: str,
