@@ -248,3 +248,18 @@ def test_gate_query_kinds():
     assert query_kind(scene, "red triangle", -1) == "absent, same colour"
     assert query_kind(scene, "green circle", -1) == "absent, same shape"
     assert query_kind(scene, "green triangle", -1) == "absent, unrelated"
+
+
+def test_left_to_right_training_captions_name_the_objects_by_their_position():
+    """``--caption-order left-to-right``: the same scene (image unchanged), its objects named by their centre's x;
+    the default keeps the world's caption (drawing order)."""
+    from bench.testbed import world
+    from bench.testbed.train import training_caption
+
+    scene = world.Scene((world.Obj("red", "circle", 18.0, 6.0, 3.0), world.Obj("blue", "square", 4.0, 12.0, 3.0),
+                         world.Obj("green", "triangle", 11.0, 18.0, 3.0)), "gray")
+    assert training_caption(scene) == scene.caption == ("a red circle, a blue square and a green triangle on a gray "
+                                                        "background")
+    assert training_caption(scene, "left-to-right") == ("a blue square, a green triangle and a red circle on a gray "
+                                                        "background")
+    assert world.parse_caption(training_caption(scene, "left-to-right"))[1] == "gray"

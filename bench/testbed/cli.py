@@ -48,6 +48,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     tr.add_argument("--offset-noise", type=float, default=None,
                     help="diffusion and flow only: std of a per-image, per-channel constant added to the training noise")
     tr.add_argument("--lr", type=float, default=None, help="diffusion and flow only: peak learning rate (default 1e-3)")
+    tr.add_argument("--caption-order", choices=("drawn", "left-to-right"), default="drawn",
+                    help="diffusion and flow only: name a training scene's objects in drawing order (the world's "
+                         "captions) or left to right")
     tr.add_argument("--init-from", default=None, metavar="DIR",
                     help="diffusion and flow only: start from the unet/ and text_encoder/ in DIR (e.g. the committed "
                          "DDIM model bench/testbed/weights for the flow model)")
@@ -108,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["offset_noise"] = args.offset_noise
         if args.init_from:
             extra["init_from"] = Path(args.init_from)
+        if args.caption_order != "drawn":
+            extra["caption_order"] = args.caption_order
         out_dir.mkdir(parents=True, exist_ok=True)
         if not committed and args.part == "aesthetic" and not (out_dir / "clip").exists():
             import shutil  # the aesthetic head reads the small CLIP's features: start from the committed CLIP

@@ -92,10 +92,18 @@ def update(opt: torch.optim.Optimizer, loss: torch.Tensor, losses: list, clip_pa
     losses.append(loss.item())
 
 
+def training_caption(scene: world.Scene, order: str = "drawn") -> str:
+    """The caption a denoiser trains on: the world's (objects in drawing order) or, with ``order="left-to-right"``,
+    the objects named by their centre's x."""
+    if order == "drawn":
+        return scene.caption
+    return world.caption_of([o.words for o in sorted(scene.objects, key=lambda o: o.cx)], scene.background)
+
+
 def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, lr: float = 1e-3,
                     max_minutes: float | None = None, ema_decay: float = 0.998, min_snr_gamma: float = 5.0,
                     history: list | None = None, resume: bool = False, offset_noise: float = 0.0,
-                    objective: str = "eps", init_from: Path | None = None):
+                    objective: str = "eps", init_from: Path | None = None, caption_order: str = "drawn"):
     """UNet (eps-prediction, pixel space in [-1,1]) and CLIP text encoder trained jointly from scratch on the
     noise-prediction MSE with min-SNR-5 weighting (Hang et al. 2023: weight min(SNR, 5)/SNR for eps, faster
     convergence); captions replaced by "" with probability 0.1 (classifier-free guidance). Saves the EMA weights.
@@ -112,6 +120,11 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
     white backgrounds 7%, black 24%; 96% and 95% when the starting noise's mean was set to the caption's background's
     signal). With the offset the channel mean is no longer a reliable cue and the caption has to set the background.
 
+    ``caption_order="left-to-right"`` names a training scene's objects by their centre's x (the world's captions name
+    them in drawing order, unrelated to where they are): a positional anchor for binding each colour to its object.
+    Why: the model paints every object of a multi-object caption in one of the named colours (the shapes right, the
+    colours leaked: "a red triangle and a blue circle" -> two blue shapes), which longer training did not fix.
+
     ``objective="flow"`` trains the rectified-flow model ``shapes-flow`` (``train_flow``) instead: same UNet, text
     encoder, captions and dropout; x_s = (1 - s) x0 + s noise with s ~ U(0, 1), the model given s·1000 and fitted to
     the velocity noise - x0 (plain MSE); a ``FlowMatchEulerDiscreteScheduler`` saved beside it. ``init_from`` starts
@@ -120,6 +133,8 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
     from transformers import CLIPTextModel
 
     flow = objective == "flow"
+    if caption_order not in ("drawn", "left-to-right"):
+        raise ValueError(f"caption order must be 'drawn' or 'left-to-right', not {caption_order!r}")
     torch.manual_seed(seed)
     tokenizer = models.build_tokenizer()
     source = out_dir if resume else init_from
@@ -164,7 +179,7 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
             g["lr"] = cosine_lr(int(progress * steps), steps, lr)
         images, scenes = data.next()
         x0 = images * 2 - 1
-        captions = [("" if torch.rand((), generator=gen) < CAPTION_DROPOUT else s.caption) for s in scenes]
+        captions = [("" if torch.rand((), generator=gen) < CAPTION_DROPOUT else training_caption(s, caption_order)) for s in scenes]
         ids, _ = models.tokenize(tokenizer, captions)
         noise = torch.randn(x0.shape, generator=gen)
         if offset_noise:
