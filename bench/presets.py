@@ -106,6 +106,21 @@ def _smoke(name: str, cells, what: str, **kw) -> Preset:
                   **{"expected_time": "CPU, 2 cores: ≈ 2–3 min a cell, peak RSS ≈ 12 GB (README)", **kw})
 
 
+def group_size(g: int) -> dict[str, dict[str, Any]]:
+    """The group size G of every group method (GRPO, Flow-GRPO, DiffusionNFT)."""
+    return {m: {"group_size": g} for m in BEYOND_METHODS}
+
+
+def _systems_flow(name: str, architecture: str, backbone: str, protocol: dict, extra: str = "") -> Preset:
+    return Preset(name, f"peak memory and samples/s of every method on {architecture}, random weights, 512 px, bf16, "
+                        f"batch 2{extra} (GPU)",
+                  EVERY_METHOD, ["compressibility"], backbone=backbone, seeds=[0], budget=4, batch_size=2,
+                  eval_every=4, eval_images_per_prompt=1, eval_prompts_limit=1, resolution=512,
+                  protocol=dict(protocol, num_steps=10), method_overrides={**DDPO_ETA, **group_size(2)},
+                  device="cuda", dtype="bf16", save_images=False, count_flops=True,
+                  expected_time="GPU: not yet measured")
+
+
 PRESETS: dict[str, Preset] = {p.name: p for p in [
     Preset("quick", "every method × every testbed task on shapes, 1 seed, 32 samples, evaluated on 8 held-out prompts "
            "× 4 noises: the default of --grid",
@@ -155,31 +170,15 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            batch_size=1, eval_every=4, eval_images_per_prompt=1, eval_prompts_limit=1, protocol=SD_PROTOCOL,
            device="cuda", dtype="bf16", save_images=False, count_flops=True,
            expected_time="GPU: not yet measured; run after `systems` if the device time allows"),
-    Preset("systems-sd35m", "peak memory and samples/s of every method on SD-3.5-Medium's architecture (MMDiT-X, "
-           "CLIP-L/G + T5-XXL), random weights, 512 px, bf16, batch 2 (GPU)",
-           EVERY_METHOD, ["compressibility"], backbone="sd35m-random", seeds=[0], budget=4, batch_size=2,
-           eval_every=4, eval_images_per_prompt=1, eval_prompts_limit=1, resolution=512,
-           protocol=dict(SD35_PROTOCOL, num_steps=10), method_overrides={**DDPO_ETA, "grpo": {"group_size": 2},
-                                                                         "flow-grpo": {"group_size": 2},
-                                                                         "diffusion-nft": {"group_size": 2}},
-           device="cuda", dtype="bf16", save_images=False, count_flops=True,
-           expected_time="GPU: not yet measured"),
-    Preset("systems-flux", "peak memory and samples/s of every method on FLUX.1-dev's architecture (12B transformer, "
-           "CLIP-L + T5-XXL, guidance-distilled), random weights, 512 px, bf16, batch 2, gradient checkpointing (GPU)",
-           EVERY_METHOD, ["compressibility"], backbone="flux-random", seeds=[0], budget=4, batch_size=2,
-           eval_every=4, eval_images_per_prompt=1, eval_prompts_limit=1, resolution=512,
-           protocol=dict(FLUX_PROTOCOL, num_steps=10), method_overrides={**DDPO_ETA, "grpo": {"group_size": 2},
-                                                                         "flow-grpo": {"group_size": 2},
-                                                                         "diffusion-nft": {"group_size": 2}},
-           device="cuda", dtype="bf16", save_images=False, count_flops=True,
-           expected_time="GPU: not yet measured"),
+    _systems_flow("systems-sd35m", "SD-3.5-Medium's architecture (MMDiT-X, CLIP-L/G + T5-XXL)", "sd35m-random",
+                  SD35_PROTOCOL),
+    _systems_flow("systems-flux", "FLUX.1-dev's architecture (12B transformer, CLIP-L + T5-XXL, guidance-distilled)",
+                  "flux-random", FLUX_PROTOCOL, ", gradient checkpointing"),
     Preset("sd35m", "the real grid on SD 3.5 Medium (rectified flow): the real reward zoo, HPSv2.1 first, every method "
            "including the GRPO family and DiffusionNFT, 3 seeds, 512 px, 40 steps, CFG 4.5 (GPU)",
            EVERY_METHOD, ["hpsv2", "pickscore", "imagereward", "aesthetic-animals", "compressibility"],
            backbone="sd35m", seeds=[0, 1, 2], budget=2048, batch_size=8, eval_every=256, eval_images_per_prompt=4,
-           resolution=512, protocol=SD35_PROTOCOL, method_overrides={**DDPO_ETA, "grpo": {"group_size": 8},
-                                                                     "flow-grpo": {"group_size": 8},
-                                                                     "diffusion-nft": {"group_size": 8}},
+           resolution=512, protocol=SD35_PROTOCOL, method_overrides={**DDPO_ETA, **group_size(8)},
            lora_rank=32, device="cuda", dtype="bf16",
            expected_time="GPU: not yet measured"),
     Preset("sdxl", "the real grid on SDXL base 1.0: the real reward zoo, every method, 3 seeds, 1024 px (GPU)",
