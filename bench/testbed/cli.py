@@ -53,7 +53,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                          "captions) or left to right")
     tr.add_argument("--init-from", default=None, metavar="DIR",
                     help="diffusion and flow only: start from the unet/ and text_encoder/ in DIR (e.g. the committed "
-                         "DDIM model bench/testbed/weights for the flow model)")
+                         "DDIM model bench/testbed/weights for the flow model); a diffusion UNet with fewer "
+                         "attention blocks than today's layout is grown into it (new blocks start at zero)")
     tr.add_argument("--out-dir", default=str(DEFAULT_OUT / "weights"),
                     help="where the weights go (default runs/testbed/weights; bench/testbed/weights replaces the "
                          "committed ones and records them in its manifest.json)")

@@ -140,6 +140,9 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
     source = out_dir if resume else init_from
     if source is not None:
         unet, text_encoder = models.load_unet(source / "unet"), models.load_text_encoder(source / "text_encoder")
+        if not flow and tuple(unet.config.down_block_types) != models.unet_config()["down_block_types"]:
+            log(f"growing {source / 'unet'} into the current UNet (new blocks start at zero)")
+            unet = models.grow_unet(source / "unet")
     else:
         unet = UNet2DConditionModel(**models.unet_config())
         text_encoder = CLIPTextModel(models.text_encoder_config())
