@@ -73,7 +73,8 @@ def add_run_parser(sub) -> None:
                    "every N minutes of training (it is always saved at every evaluation)")
     p.add_argument("--tracker", default=None, help="also log curves, step timings and evaluation images to "
                    "tensorboard (RESULTS/SUITE/tensorboard) or wandb (offline unless WANDB_MODE says otherwise)")
-    p.add_argument("--no-resume", action="store_true", help="grid: rerun cells that already finished")
+    p.add_argument("--no-resume", action="store_true", help="grid: rerun cells that already finished; each rerun cell's new row replaces the older rows "
+                        "of its method, task, backbone and seed (other settings or weights)")
     p.add_argument("--shard", default=None, help="grid: run shard i of n, as i/n")
     p.add_argument("--limit", type=int, default=None, help="grid: run at most N cells")
     p.add_argument("--num-processes", type=int, default=None, help="one cell, data-parallel over N processes "

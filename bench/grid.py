@@ -30,12 +30,14 @@ import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from bench import catalog
 from bench import presets as presets_mod
 from bench import tasks as tasks_mod
 from bench.args import (UsageError, check_typed, config_hints, factory_hints, parse_seeds, parse_settings,
                         parse_shard)
-from bench.results import append_rows, read_csv, write_atomic
+from bench.results import append_rows, locked, read_csv, write_atomic
 
 FINISHED = ("ok", "nan")
 FAILED = ("error", "oom", "crashed", "preempted")  # tried again by the next run (a preempted cell resumes mid-way)
@@ -277,6 +279,33 @@ def _die_with_parent() -> None:
             pass
 
 
+#: a suite holds one cell per coordinate: the leaderboard counts the rows of a (method, task, backbone) as seeds
+COORDINATES = ("method", "task", "backbone", "seed")
+
+
+def drop_superseded(out_dir: Path, spec) -> list[str]:
+    """``--no-resume`` reruns a cell: once its new row is written, rows of the same method, task, backbone and seed
+    under another cell id (older weights, code or settings) are removed from cells.csv and curves.csv, so the
+    leaderboard does not count them as extra seeds. Returns the removed cell ids."""
+    with locked(out_dir / "cells.csv"):
+        cells = read_csv(out_dir / "cells.csv")
+        if cells.empty:
+            return []
+        same = np.ones(len(cells), bool)
+        for k in COORDINATES:
+            same &= cells[k].astype(str).values == str(getattr(spec, k))
+        stale = sorted(set(cells.loc[same & (cells["cell_id"].astype(str) != spec.cell_id), "cell_id"].astype(str)))
+        if stale:
+            write_atomic(out_dir / "cells.csv", cells[~cells["cell_id"].astype(str).isin(stale)].to_csv(index=False))
+    if stale:
+        with locked(out_dir / "curves.csv"):
+            curves = read_csv(out_dir / "curves.csv")
+            if not curves.empty:
+                write_atomic(out_dir / "curves.csv",
+                             curves[~curves["cell_id"].astype(str).isin(stale)].to_csv(index=False))
+    return stale
+
+
 def _cell_process(spec, events, threads: int, plugins: Sequence[str], resume: bool = True) -> None:
     """Runs in the child: train and evaluate one cell, append its curve then its row, report progress."""
     _die_with_parent()
@@ -312,6 +341,8 @@ def _cell_process(spec, events, threads: int, plugins: Sequence[str], resume: bo
         row, curve = run_cell(spec, on_progress=progress, resume=resume)
         append_rows(out / "curves.csv", curve, key=["cell_id"])
         append_rows(out / "cells.csv", [row], key=["cell_id"])
+        if not resume:
+            drop_superseded(out, spec)
         finish_cell(spec)
         events.put(("done", spec.cell_id, row["status"], row.get("reward_final")))
     except Preempted as err:

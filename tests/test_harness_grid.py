@@ -238,3 +238,23 @@ def test_run_info_keeps_the_run_that_made_the_results():
     assert both["command"] == second["command"] and both["history"] == [noop, first]
     stopped = {"command": "run --grid", "cells_run": 0, "wall_s": 5.0, "interrupted": True}
     assert merge_run_info(both, stopped)["command"] == "run --grid" and len(merge_run_info(both, stopped)["history"]) == 3
+
+
+def test_no_resume_replaces_a_cells_older_rows_and_keeps_the_others(tmp_path):
+    """``--no-resume`` with changed settings (a new cell id for the same method, task, backbone and seed): the new
+    row replaces the old one in cells.csv and curves.csv (the leaderboard would count both as seeds); the other
+    seed's row stays byte-identical; a resumed run with changed settings keeps both (nothing written is lost)."""
+    out = tmp_path / "ci"
+    assert run(grid_cmd(tmp_path, "draft-1", "test-tiny", "--seeds", "0,1")).returncode == 0
+    first, _ = assert_consistent(out)
+    result = run(grid_cmd(tmp_path, "draft-1", "test-tiny", "--seed", "0", "--lr", "0.002", "--no-resume"))
+    assert result.returncode == 0, result.stderr
+    cells, curves = assert_consistent(out)
+    assert sorted(cells["seed"]) == [0, 1]
+    old0 = first.loc[first["seed"] == 0, "cell_id"].item()
+    assert old0 not in set(cells["cell_id"]) and old0 not in set(curves["cell_id"])
+    seed1 = first[first["seed"] == 1]
+    assert cells[cells["seed"] == 1].to_csv(index=False) == seed1.to_csv(index=False)
+    assert set(curves["cell_id"]) == set(cells["cell_id"])
+    assert run(grid_cmd(tmp_path, "draft-1", "test-tiny", "--seed", "0", "--lr", "0.003")).returncode == 0
+    assert len(assert_consistent(out)[0]) == 3
