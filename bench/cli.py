@@ -583,6 +583,7 @@ EXTRA_COMMANDS = [
     ("compare", "bench.compare", "compare two cells.csv files; exit 1 on a regression"),
     ("merge", "bench.merge", "merge grid shards' results (--shard i/n, Slurm arrays) into one directory"),
     ("lora-sweep", "bench.lora_sweep", "evaluate LoRA scales and mixtures"),
+    ("sweep", "bench.sweep", "one table across the suites of a folder (a hyperparameter sweep)"),
 ]
 
 

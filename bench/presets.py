@@ -150,6 +150,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            cells=FLOW_LONG_CELLS, seeds=[0], budget=512, batch_size=8, eval_every=64, eval_images_per_prompt=4,
            protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(64, 16), device="cpu", jobs=2,
            expected_time="≈ 45 min on 1 CPU core (README)"),
+    Preset("ddpo-lr", "DDPO's learning-rate sweep on the testbed: DDPO on shapes-aesthetic, seed 0, 2048 samples in "
+           "its paper's epochs (64 samples, minibatches of 16, eta 1); run once per --lr, each into its own --suite "
+           "(scripts/ddpo_lr_sweep.sh runs 1e-4, 3e-4, 1e-3 and tabulates them)",
+           ["ddpo"], ["shapes-aesthetic"], backbone="shapes", seeds=[0], budget=2048, batch_size=8, eval_every=256,
+           eval_images_per_prompt=4, protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(64, 16), device="cpu",
+           jobs=1, save_images=False, expected_time="≈ 35 min per learning rate on 1 CPU core"),
     Preset("sd15", "the real grid: SD 1.5, the real reward zoo, every method, 3 seeds (GPU)",
            ALL_METHODS, REAL_TASKS, backbone="sd15", seeds=[0, 1, 2], budget=4096, batch_size=8, eval_every=512,
            eval_images_per_prompt=4, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA, lora_rank=8, device="cuda",
