@@ -266,16 +266,15 @@ def test_left_to_right_training_captions_name_the_objects_by_their_position():
 
 
 def test_grow_unet_keeps_the_source_function_and_trains_the_new_blocks(tmp_path):
-    """A UNet with cross-attention only at 12 and 6 px (the first testbed layout) grown into ``unet_config()``
-    computes the same noise prediction to the last bit (new transformer blocks start with a zero output projection),
-    its new blocks receive gradient, and a source of another width is refused."""
+    """A ``base`` UNet (cross-attention at 12 and 6 px) grown into the ``text-24px`` layout computes the same noise
+    prediction to the last bit (new transformer blocks start with a zero output projection), its new blocks receive
+    gradient, and a source of another width is refused."""
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(0)
-    old_cfg = {**models.unet_config(), "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-               "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), "only_cross_attention": False}
-    UNet2DConditionModel(**old_cfg).save_pretrained(tmp_path / "old")
-    old, grown = models.load_unet(tmp_path / "old"), models.grow_unet(tmp_path / "old")
+    base = models.unet_config("base")
+    UNet2DConditionModel(**base).save_pretrained(tmp_path / "old")
+    old, grown = models.load_unet(tmp_path / "old"), models.grow_unet(tmp_path / "old", models.unet_config("text-24px"))
     x, t, text = torch.randn(2, 3, 24, 24), torch.tensor([5, 900]), torch.randn(2, models.MAX_LENGTH, 64)
     with torch.no_grad():
         assert torch.equal(old(x, t, encoder_hidden_states=text).sample, grown(x, t, encoder_hidden_states=text).sample)
@@ -283,6 +282,8 @@ def test_grow_unet_keeps_the_source_function_and_trains_the_new_blocks(tmp_path)
     grown(x, t, encoder_hidden_states=text).sample.square().mean().backward()
     new_out = grown.down_blocks[0].attentions[0].proj_out.weight
     assert new_out.grad is not None and new_out.grad.abs().sum() > 0
-    UNet2DConditionModel(**{**old_cfg, "block_out_channels": (16, 32, 48)}).save_pretrained(tmp_path / "narrow")
+    UNet2DConditionModel(**{**base, "block_out_channels": (16, 32, 48)}).save_pretrained(tmp_path / "narrow")
     with pytest.raises(ValueError, match="cannot grow"):
-        models.grow_unet(tmp_path / "narrow")
+        models.grow_unet(tmp_path / "narrow", models.unet_config("text-24px"))
+    with pytest.raises(ValueError, match="unknown UNet layout"):
+        models.unet_config("nope")

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from bench.args import Parser, examples
+from bench.args import Parser, UsageError, examples
 
 from . import models
 
@@ -51,10 +51,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     tr.add_argument("--caption-order", choices=("drawn", "left-to-right"), default="drawn",
                     help="diffusion and flow only: name a training scene's objects in drawing order (the world's "
                          "captions) or left to right")
+    tr.add_argument("--unet-layout", choices=tuple(models.UNET_LAYOUTS), default="base",
+                    help="diffusion and flow only: the UNet's attention layout (models.UNET_LAYOUTS; base: the "
+                         "committed model's); with --init-from a base model, it is grown into the layout")
     tr.add_argument("--init-from", default=None, metavar="DIR",
                     help="diffusion and flow only: start from the unet/ and text_encoder/ in DIR (e.g. the committed "
-                         "DDIM model bench/testbed/weights for the flow model); a diffusion UNet with fewer "
-                         "attention blocks than today's layout is grown into it (new blocks start at zero)")
+                         "DDIM model bench/testbed/weights for the flow model)")
     tr.add_argument("--out-dir", default=str(DEFAULT_OUT / "weights"),
                     help="where the weights go (default runs/testbed/weights; bench/testbed/weights replaces the "
                          "committed ones and records them in its manifest.json)")
@@ -69,6 +71,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="default runs/testbed/gates.json (bench/testbed/weights/gates.json: the committed report)")
     g.add_argument("--backbone", choices=("shapes", "shapes-flow"), default="shapes",
                    help="the DDIM model (default) or the rectified-flow one (bench/testbed/weights/flow)")
+    g.add_argument("--model-dir", default=None, metavar="DIR",
+                   help="a candidate diffusion model (what `testbed train --out-dir DIR` wrote; for shapes-flow the "
+                        "flow/ folder) instead of the committed one")
     g.add_argument("--sweep", action="store_true", help="only sweep the guidance scale on training captions")
     s = sub.add_parser("sample", help="write a PNG grid of testbed samples",
                        description="Sample the testbed (one column per prompt), optionally with LoRAs.",
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             extra["init_from"] = Path(args.init_from)
         if args.caption_order != "drawn":
             extra["caption_order"] = args.caption_order
+        if args.unet_layout != "base":
+            extra["unet_layout"] = args.unet_layout
         out_dir.mkdir(parents=True, exist_ok=True)
         if not committed and args.part == "aesthetic" and not (out_dir / "clip").exists():
             import shutil  # the aesthetic head reads the small CLIP's features: start from the committed CLIP
@@ -126,11 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         from .gates import guidance_sweep, run_gates
 
         torch.set_num_threads(args.threads)
+        if args.model_dir and not (Path(args.model_dir) / "unet" / "config.json").exists():
+            raise UsageError(f"testbed gates: --model-dir {args.model_dir} has no unet/config.json (a model directory "
+                             "holds unet/, text_encoder/, tokenizer/ and scheduler/)")
         if args.sweep:
             guidance_sweep()
             return 0
         results = run_gates(samples=args.samples, guidance_scale=args.guidance, seed=args.seed, out=args.out,
-                            backbone=args.backbone)
+                            backbone=args.backbone, model_dir=args.model_dir)
         return 0 if all(g["passed"] for g in results["gates"].values()) else 1
     if args.testbed_command == "sample":
         from . import sample_grid, shapes_backbone

@@ -215,15 +215,17 @@ def measure_speed(backbone, guidance_scale: float, repeats: int = 3) -> dict:
 
 
 def run_gates(samples: int = 256, guidance_scale: float | None = None, seed: int = 0, out: str | None = None,
-              verbose: bool = True, backbone: str = "shapes") -> dict:
+              verbose: bool = True, backbone: str = "shapes", model_dir: str | None = None) -> dict:
     """Measure the gates on one testbed diffusion model: ``shapes`` (the DDIM model) or ``shapes-flow`` (the
-    rectified-flow one); both are held to the same thresholds."""
+    rectified-flow one); both are held to the same thresholds. ``model_dir``: a candidate model's directory (what
+    ``testbed train --out-dir`` wrote) instead of the committed one; the reward networks are the committed ones."""
     from rewards import create
 
     guidance_scale = models.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
     rng = np.random.default_rng(seed)
     model_name = backbone
-    backbone = shapes_flow_backbone(lora_rank=None) if model_name == "shapes-flow" else shapes_backbone(lora_rank=None)
+    factory = shapes_flow_backbone if model_name == "shapes-flow" else shapes_backbone
+    backbone = factory(lora_rank=None, path=model_dir)
     classifier = create("shapes-classifier", target="circle")
     alignment = create("shapes-alignment")
     aesthetic = create("shapes-aesthetic")
@@ -231,7 +233,8 @@ def run_gates(samples: int = 256, guidance_scale: float | None = None, seed: int
     detector_tok = models.load_tokenizer(models.WEIGHTS_DIR / "detector")
     measured: dict[str, float] = {}
     details: dict[str, object] = {"guidance_scale": guidance_scale, "num_steps": models.DEFAULT_STEPS, "eta": 0.0,
-                                  "samples": samples, "seed": seed, "backbone": model_name}
+                                  "samples": samples, "seed": seed, "backbone": model_name,
+                                  **({"model_dir": str(model_dir)} if model_dir else {})}
 
     def log(msg):
         if verbose:

@@ -103,7 +103,8 @@ def training_caption(scene: world.Scene, order: str = "drawn") -> str:
 def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, lr: float = 1e-3,
                     max_minutes: float | None = None, ema_decay: float = 0.998, min_snr_gamma: float = 5.0,
                     history: list | None = None, resume: bool = False, offset_noise: float = 0.0,
-                    objective: str = "eps", init_from: Path | None = None, caption_order: str = "drawn"):
+                    objective: str = "eps", init_from: Path | None = None, caption_order: str = "drawn",
+                    unet_layout: str = "base"):
     """UNet (eps-prediction, pixel space in [-1,1]) and CLIP text encoder trained jointly from scratch on the
     noise-prediction MSE with min-SNR-5 weighting (Hang et al. 2023: weight min(SNR, 5)/SNR for eps, faster
     convergence); captions replaced by "" with probability 0.1 (classifier-free guidance). Saves the EMA weights.
@@ -125,6 +126,15 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
     Why: the model paints every object of a multi-object caption in one of the named colours (the shapes right, the
     colours leaked: "a red triangle and a blue circle" -> two blue shapes), which longer training did not fix.
 
+    ``unet_layout`` (``models.UNET_LAYOUTS``): the UNet trained from scratch, or grown into from a ``base`` model
+    given by ``init_from`` (``models.grow_unet``: the new blocks start at zero, the same function). Measured with
+    ``text-24px`` grown from the offset-noise candidate, 4,000 steps (lr 4e-4, one core, 110 min): all named colours of
+    a multi-object held-out caption present 0.73 / 0.77 / 0.71 at 500 / 1,000 / 2,500 steps, where the base layout's
+    continuation gave 0.69–0.75; the text encoder grown to 4 layers (new layers identity at init) gave 0.71 at 1,000
+    steps, and coordinate input channels with left-to-right captions 0.76 on two-object captions at 1,000 steps
+    without learning the convention (first-named colour on the left 52 / 106). The leaks are not the sampler's: 50
+    steps instead of 20, or CFG 1.5, change nothing.
+
     ``objective="flow"`` trains the rectified-flow model ``shapes-flow`` (``train_flow``) instead: same UNet, text
     encoder, captions and dropout; x_s = (1 - s) x0 + s noise with s ~ U(0, 1), the model given s·1000 and fitted to
     the velocity noise - x0 (plain MSE); a ``FlowMatchEulerDiscreteScheduler`` saved beside it. ``init_from`` starts
@@ -140,11 +150,12 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
     source = out_dir if resume else init_from
     if source is not None:
         unet, text_encoder = models.load_unet(source / "unet"), models.load_text_encoder(source / "text_encoder")
-        if not flow and tuple(unet.config.down_block_types) != models.unet_config()["down_block_types"]:
-            log(f"growing {source / 'unet'} into the current UNet (new blocks start at zero)")
-            unet = models.grow_unet(source / "unet")
+        target = models.unet_config(unet_layout)
+        if unet_layout != "base" and tuple(unet.config.down_block_types) != target["down_block_types"]:
+            log(f"growing {source / 'unet'} into the {unet_layout} layout (new blocks start at zero)")
+            unet = models.grow_unet(source / "unet", target)
     else:
-        unet = UNet2DConditionModel(**models.unet_config())
+        unet = UNet2DConditionModel(**models.unet_config(unet_layout))
         text_encoder = CLIPTextModel(models.text_encoder_config())
     unet.train()
     text_encoder.train()
