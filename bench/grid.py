@@ -22,6 +22,7 @@ import multiprocessing as mp
 import os
 import platform
 import queue as queue_mod
+import shutil
 import signal
 import socket
 import sys
@@ -286,7 +287,8 @@ COORDINATES = ("method", "task", "backbone", "seed")
 def drop_superseded(out_dir: Path, spec) -> list[str]:
     """``--no-resume`` reruns a cell: once its new row is written, rows of the same method, task, backbone and seed
     under another cell id (older weights, code or settings) are removed from cells.csv and curves.csv, so the
-    leaderboard does not count them as extra seeds. Returns the removed cell ids."""
+    leaderboard does not count them as extra seeds, and so are their folders under cells/ (the LoRA and images of a
+    row that no longer exists). Returns the removed cell ids."""
     with locked(out_dir / "cells.csv"):
         cells = read_csv(out_dir / "cells.csv")
         if cells.empty:
@@ -303,6 +305,8 @@ def drop_superseded(out_dir: Path, spec) -> list[str]:
             if not curves.empty:
                 write_atomic(out_dir / "curves.csv",
                              curves[~curves["cell_id"].astype(str).isin(stale)].to_csv(index=False))
+        for cell_id in stale:
+            shutil.rmtree(out_dir / "cells" / cell_id, ignore_errors=True)
     return stale
 
 

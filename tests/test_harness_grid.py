@@ -243,7 +243,8 @@ def test_run_info_keeps_the_run_that_made_the_results():
 def test_no_resume_replaces_a_cells_older_rows_and_keeps_the_others(tmp_path):
     """``--no-resume`` with changed settings (a new cell id for the same method, task, backbone and seed): the new
     row replaces the old one in cells.csv and curves.csv (the leaderboard would count both as seeds); the other
-    seed's row stays byte-identical; a resumed run with changed settings keeps both (nothing written is lost)."""
+    seed's row stays byte-identical; the old cell's folder goes with its row; a resumed run with changed settings keeps
+    both (nothing written is lost)."""
     out = tmp_path / "ci"
     assert run(grid_cmd(tmp_path, "draft-1", "test-tiny", "--seeds", "0,1")).returncode == 0
     first, _ = assert_consistent(out)
@@ -253,6 +254,7 @@ def test_no_resume_replaces_a_cells_older_rows_and_keeps_the_others(tmp_path):
     assert sorted(cells["seed"]) == [0, 1]
     old0 = first.loc[first["seed"] == 0, "cell_id"].item()
     assert old0 not in set(cells["cell_id"]) and old0 not in set(curves["cell_id"])
+    assert not (out / "cells" / old0).exists() and {p.name for p in (out / "cells").iterdir()} == set(cells["cell_id"])
     seed1 = first[first["seed"] == 1]
     assert cells[cells["seed"] == 1].to_csv(index=False) == seed1.to_csv(index=False)
     assert set(curves["cell_id"]) == set(cells["cell_id"])
