@@ -128,9 +128,9 @@ def train_diffusion(steps: int, seed: int, out_dir: Path, batch_size: int = 32, 
 
     ``unet_layout`` (``models.UNET_LAYOUTS``): the UNet trained from scratch, or grown into from a ``base`` model
     given by ``init_from`` (``models.grow_unet``: the new blocks start at zero, the same function). Measured with
-    ``text-24px`` grown from the offset-noise candidate, 4,000 steps (lr 4e-4, one core, 110 min): all named colours of
-    a multi-object held-out caption present 0.73 / 0.77 / 0.71 at 500 / 1,000 / 2,500 steps, where the base layout's
-    continuation gave 0.69–0.75; the text encoder grown to 4 layers (new layers identity at init) gave 0.71 at 1,000
+    ``text-24px`` grown from the committed model, 4,107 steps (lr 4e-4, one core, 110 min): all named colours of a
+    multi-object held-out caption present 0.73 / 0.77 / 0.71 at 500 / 1,000 / 2,500 steps and 0.769 at the end (the
+    gates; the committed model 0.674 on the same captions), where the base layout's continuations gave 0.69–0.75; the text encoder grown to 4 layers (new layers identity at init) gave 0.71 at 1,000
     steps, and coordinate input channels with left-to-right captions 0.76 on two-object captions at 1,000 steps
     without learning the convention (first-named colour on the left 52 / 106). The leaks are not the sampler's: 50
     steps instead of 20, or CFG 1.5, change nothing.
