@@ -126,7 +126,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "× 4 noises: the default of --grid",
            ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0], budget=32, batch_size=4, eval_every=16,
            eval_images_per_prompt=4, protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(32, 8), device="cpu",
-           jobs=2, expected_time="≈ 16 min on 2 CPU cores (970 s measured)"),
+           jobs=2, expected_time="≈ 16 min on 2 CPU cores (924 s measured)"),
     Preset("ci", "regression subset: 4 methods × 2 testbed tasks, 16 samples (compared with results/ci/baseline.csv)",
            ["ddpo", "draft-1", "draft-lv", "refl"], ["shapes-aesthetic", "shapes-circles-to-squares"],
            backbone="shapes", seeds=[0], budget=16, batch_size=4, eval_every=8, eval_prompts_limit=4,
