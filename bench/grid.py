@@ -38,7 +38,7 @@ from bench import presets as presets_mod
 from bench import tasks as tasks_mod
 from bench.args import (UsageError, check_typed, config_hints, factory_hints, parse_seeds, parse_settings,
                         parse_shard)
-from bench.results import append_rows, locked, read_csv, write_atomic
+from bench.results import append_rows, drop_rows, read_csv, write_atomic
 
 FINISHED = ("ok", "nan")
 FAILED = ("error", "oom", "crashed", "preempted")  # tried again by the next run (a preempted cell resumes mid-way)
@@ -289,22 +289,16 @@ def drop_superseded(out_dir: Path, spec) -> list[str]:
     under another cell id (older weights, code or settings) are removed from cells.csv and curves.csv, so the
     leaderboard does not count them as extra seeds, and so are their folders under cells/ (the LoRA and images of a
     row that no longer exists). Returns the removed cell ids."""
-    with locked(out_dir / "cells.csv"):
-        cells = read_csv(out_dir / "cells.csv")
-        if cells.empty:
-            return []
-        same = np.ones(len(cells), bool)
-        for k in COORDINATES:
-            same &= cells[k].astype(str).values == str(getattr(spec, k))
-        stale = sorted(set(cells.loc[same & (cells["cell_id"].astype(str) != spec.cell_id), "cell_id"].astype(str)))
-        if stale:
-            write_atomic(out_dir / "cells.csv", cells[~cells["cell_id"].astype(str).isin(stale)].to_csv(index=False))
-    if stale:
-        with locked(out_dir / "curves.csv"):
-            curves = read_csv(out_dir / "curves.csv")
-            if not curves.empty:
-                write_atomic(out_dir / "curves.csv",
-                             curves[~curves["cell_id"].astype(str).isin(stale)].to_csv(index=False))
+    cells = read_csv(out_dir / "cells.csv")
+    if cells.empty:
+        return []
+    same = np.ones(len(cells), bool)
+    for k in COORDINATES:
+        same &= cells[k].astype(str).values == str(getattr(spec, k))
+    stale = sorted(set(cells.loc[same & (cells["cell_id"].astype(str) != spec.cell_id), "cell_id"].astype(str)))
+    if stale:  # drop_rows re-reads under the lock: rows other cells append meanwhile are kept
+        drop_rows(out_dir / "cells.csv", "cell_id", stale)
+        drop_rows(out_dir / "curves.csv", "cell_id", stale)
         for cell_id in stale:
             shutil.rmtree(out_dir / "cells" / cell_id, ignore_errors=True)
     return stale

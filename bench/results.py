@@ -58,3 +58,12 @@ def append_rows(path: str | os.PathLike, rows: Iterable[dict], key: Sequence[str
         table = pd.concat([old, new], ignore_index=True) if not old.empty else new
         write_atomic(path, table.to_csv(index=False))
     return table
+
+
+def drop_rows(path: str | os.PathLike, column: str, values: Iterable[str]) -> None:
+    """Remove the rows whose ``column`` (as text) is one of ``values`` (atomic, locked)."""
+    path, values = Path(path), {str(v) for v in values}
+    with locked(path):
+        table = read_csv(path)
+        if not table.empty and column in table:
+            write_atomic(path, table[~table[column].astype(str).isin(values)].to_csv(index=False))

@@ -32,6 +32,8 @@ def table(directory: Path) -> tuple[list[str], list[dict]]:
     rows = []
     for suite in sorted(p for p in directory.iterdir() if (p / "cells.csv").exists()):
         cells, curves = read_csv(suite / "cells.csv"), read_csv(suite / "curves.csv")
+        other_rewards = [col.removesuffix("_final") for col in cells.columns if col.endswith("_final")
+                         and not col.startswith("reward") and col.removesuffix("_final") + "_initial" in cells]
         for _, c in cells.iterrows():
             row = {"suite": suite.name, "method": c["method"], "task": c["task"], "backbone": c["backbone"],
                    "seed": int(c["seed"]),
@@ -41,9 +43,8 @@ def table(directory: Path) -> tuple[list[str], list[dict]]:
                 row.update(initial=c["reward_initial"], final=c["reward_final"], ci=c.get("reward_delta_ci95"),
                            last_quarter=last_quarter_gain(curve, f"{c['eval_reward']}_mean"),
                            own=(c.get("reward_own_initial"), c.get("reward_own_final")),
-                           cross={col[: -len("_final")]: c[col] - c[col[: -len("_final")] + "_initial"]
-                                  for col in cells.columns if col.endswith("_final") and not col.startswith("reward")
-                                  and col[: -len("_final")] + "_initial" in cells and np.isfinite(c[col])})
+                           cross={name: c[f"{name}_final"] - c[f"{name}_initial"] for name in other_rewards
+                                  if np.isfinite(c[f"{name}_final"])})
             rows.append(row)
     if not rows:
         raise UsageError(f"sweep: no suite with a cells.csv under {directory}")
