@@ -32,6 +32,17 @@ def _to_uint8(images) -> np.ndarray:
     return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def _wrap_px(text: str, font, width: float) -> list[str]:
+    """Greedy word wrap to ``width`` pixels (a word longer than the line stands on its own line)."""
+    lines: list[str] = []
+    for word in str(text).split():
+        if lines and font.getlength(lines[-1] + " " + word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def grid(rows: Sequence, col_labels: Sequence[str] = (), row_labels: Sequence[str] = (),
          title: str | None = None, min_cell: int = MIN_CELL) -> Image.Image:
     """``rows``: a list of image batches [N,3,H,W] in [0,1] (all the same N, H, W). Columns share a label below them
@@ -48,13 +59,15 @@ def grid(rows: Sequence, col_labels: Sequence[str] = (), row_labels: Sequence[st
     label_h = (max((len(t) for t in col_text), default=0) * 14 + pad) if col_text else 0
     row_w = (max((font.getlength(str(t)) for t in row_labels), default=0) + 2 * pad) if row_labels else 0
     row_w = int(row_w)
-    title_h = 20 if title else 0
     width = row_w + n * (cw + pad) + pad
+    title_lines = _wrap_px(title, font, width - 2 * pad) if title else []
+    title_h = len(title_lines) * 14 + 6 if title else 0
     height = title_h + len(batches) * (ch + pad) + pad + label_h
     canvas = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(canvas)
     if title:
-        draw.text((pad, 3), title, fill="black", font=font)
+        for i, line in enumerate(title_lines):
+            draw.text((pad, 3 + i * 14), line, fill="black", font=font)
     for r, batch in enumerate(batches):
         y = title_h + pad + r * (ch + pad)
         if row_labels:
