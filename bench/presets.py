@@ -70,6 +70,18 @@ def ddpo_epochs(samples_per_epoch: int, minibatch_size: int) -> dict[str, dict[s
     return {"ddpo": {"eta": 1.0, "samples_per_epoch": samples_per_epoch, "minibatch_size": minibatch_size,
                      "inner_epochs": 1}}
 
+
+#: DDPO's learning rate on the testbed, chosen by the ``ddpo-lr`` sweep (scripts/ddpo_lr_sweep.sh; results/ddpo-lr/
+#: sweep.md, 2048 samples, seed 0): 1e-4 +0.013 ± 0.006, 3e-4 (the reference's) -0.000 ± 0.082, 1e-3 -0.026 ± 0.098
+#: on shapes-aesthetic. Fixed for the presets run in the swept epochs (64 samples, minibatches of 16).
+DDPO_TESTBED_LR = 1e-4
+
+
+def ddpo_paper_epochs() -> dict[str, dict[str, Any]]:
+    """ddpo_epochs(64, 16) at the swept learning rate: the paper and ddpo-long presets' DDPO."""
+    epochs = ddpo_epochs(64, 16)
+    return {"ddpo": {**epochs["ddpo"], "lr": DDPO_TESTBED_LR}}
+
 #: SD 3.5 Medium's own sampling settings (diffusers' documented defaults: 40 steps, CFG 4.5), at 512 px as Flow-GRPO
 #: and FlowBP train it (1024 px is the model's native size: --resolution 1024)
 SD35_PROTOCOL = dict(sampler="ddim", num_steps=40, guidance_scale=4.5, eta=0.0)
@@ -134,7 +146,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            expected_time="≤ 3 min on 2 CPU cores"),
     Preset("paper", "every method × every testbed task, 3 seeds, 512 samples: the testbed's science run",
            ALL_METHODS, TESTBED_TASKS, backbone="shapes", seeds=[0, 1, 2], budget=512, batch_size=8, eval_every=32,
-           protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(64, 16), device="cpu", jobs=2,
+           protocol=TESTBED_PROTOCOL, method_overrides=ddpo_paper_epochs(), device="cpu", jobs=2,
            expected_time="≈ 48 min per task on 2 CPU cores (measured: the shapes-aesthetic slice, 24 cells, "
                          "95 cell-minutes in 2 processes), ≈ 5 h for all 6 tasks; slice it with --tasks"),
     Preset("flow", "every method (the papers' eight, grpo, flow-grpo, diffusion-nft) on both testbed models: shapes "
@@ -156,6 +168,16 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            ["ddpo"], ["shapes-aesthetic"], backbone="shapes", seeds=[0], budget=2048, batch_size=8, eval_every=256,
            eval_images_per_prompt=4, protocol=TESTBED_PROTOCOL, method_overrides=ddpo_epochs(64, 16), device="cpu",
            jobs=1, save_images=False, expected_time="≈ 35 min per learning rate on 1 CPU core"),
+    Preset("ddpo-long", "DDPO given the samples its paper gives it: 8192 samples a cell (128 epochs of 64, minibatches "
+           "of 16, eta 1) on shapes-aesthetic and shapes-compressibility, 3 seeds, evaluated every 512 samples like "
+           "the paper preset (its other settings), so 'samples to reach DDPO's final reward' compares against a DDPO "
+           "that has had its chance to plateau; the committed slice is shapes-aesthetic seeds 0-2 and "
+           "shapes-compressibility seed 0 (--tasks/--seed)",
+           ["ddpo"], ["shapes-aesthetic", "shapes-compressibility"], backbone="shapes", seeds=[0, 1, 2], budget=8192,
+           batch_size=8, eval_every=512, protocol=TESTBED_PROTOCOL, method_overrides=ddpo_paper_epochs(),
+           device="cpu", jobs=2, save_images=True,
+           expected_time="≈ 2 h per cell on 1 CPU core; each evaluation saves the cell's state, so an interrupted "
+                         "run resumes from its last evaluation (rerun the same command)"),
     Preset("sd15", "the real grid: SD 1.5, the real reward zoo, every method, 3 seeds (GPU)",
            ALL_METHODS, REAL_TASKS, backbone="sd15", seeds=[0, 1, 2], budget=4096, batch_size=8, eval_every=512,
            eval_images_per_prompt=4, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA, lora_rank=8, device="cuda",

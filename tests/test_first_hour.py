@@ -237,15 +237,17 @@ def test_unreachable_hub_is_detected_by_one_probe(monkeypatch):
 
 
 # ----------------------------------------------------------------------------------------------- leaderboards
-COMMITTED = sorted(p.parent for p in (ROOT / "results").glob("*/leaderboard.md"))
+#: results/<preset>/ and a sweep's suites, results/<sweep>/<suite>/
+COMMITTED = sorted(p.parent for pattern in ("*/leaderboard.md", "*/*/leaderboard.md")
+                   for p in (ROOT / "results").glob(pattern))
 
 
-@pytest.mark.parametrize("directory", COMMITTED, ids=lambda p: p.name)
+@pytest.mark.parametrize("directory", COMMITTED, ids=lambda p: str(p.relative_to(ROOT / "results")))
 def test_committed_leaderboards_equal_their_rebuild(directory):
     from bench import leaderboard
 
     assert (directory / "leaderboard.md").read_text() == leaderboard.render(directory), \
-        f"stale: python -m bench leaderboard results/{directory.name}"
+        f"stale: python -m bench leaderboard {directory.relative_to(ROOT)}"
 
 
 def test_there_are_committed_leaderboards():
