@@ -252,6 +252,30 @@ class Evaluator:
         return {n: torch.cat([p[0][n] for p in parts]) for n in self.rewards}, torch.cat([p[1] for p in parts])
 
 
+#: the training metrics a curve point records (as ``train_<name>``): their means over the optimiser calls since the
+#: previous point. ``reward`` is the training batches' reward (under the method's own sampler); the others are means
+#: over the calls that updated the weights (DDPO's sample-only calls, ``optimizer_steps`` 0, have no loss or gradient).
+#: Rank-local where several processes train a cell (rank 0's share of the batch).
+TRAIN_METRICS = ("reward", "loss", "grad_norm", "approx_kl", "clipfrac")
+
+
+def accumulate_train_metrics(interval: dict[str, list[float]], metrics: dict[str, Any]) -> None:
+    """Add one step()'s metrics to the interval's [sum, count] per training metric (see TRAIN_METRICS)."""
+    updated = int(metrics.get("optimizer_steps", 1)) > 0
+    for name in TRAIN_METRICS:
+        value = metrics.get(name)
+        if value is None or (name != "reward" and not updated):
+            continue
+        acc = interval.setdefault(name, [0.0, 0])
+        acc[0] += float(value)
+        acc[1] += 1
+
+
+def train_columns(interval: dict[str, list[float]]) -> dict[str, float]:
+    """The interval's means as curve columns ``train_<name>`` (empty before any step)."""
+    return {f"train_{name}": total / count for name, (total, count) in interval.items() if count}
+
+
 def save_eval_grid(path: Path, eval_images: dict[str, torch.Tensor], prompts: list[str], first: dict, last: dict,
                    headline: str, title: str) -> Path:
     """The evaluation images before and after training, on the same prompts and the same initial noise: one column per
@@ -399,6 +423,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         seed=spec.eval_seed, shard=shard, **own_sampler)
     own_scores: dict[str, float] = {}
     curve: list[dict[str, Any]] = []
+    interval: dict[str, list[float]] = {}  # training metrics since the last curve point: [sum, count] per name
 
     eval_images: dict[str, torch.Tensor] = {}
     first_scores: dict[str, torch.Tensor] = {}
@@ -413,7 +438,8 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         if own_evaluator is not None and (not curve or final):
             own_scores["initial" if not curve else "final"] = float(own_evaluator()[0][headline].mean())
         point = {"cell_id": spec.cell_id, "samples": samples, "reward_queries": queries,
-                 "train_wall_s": round(train_time, 3)}
+                 "train_wall_s": round(train_time, 3), **train_columns(interval)}
+        interval.clear()
         for name, s in scores.items():
             point[f"{name}_mean"] = float(s.mean())
             point[f"{name}_std"] = float(s.std()) if len(s) > 1 else 0.0
@@ -448,6 +474,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         if saved.get("cuda_rng") is not None and backbone.device.type == "cuda":
             torch.cuda.set_rng_state(saved["cuda_rng"], backbone.device)
         curve[:] = saved["curve"]
+        interval.update(saved.get("interval", {}))
         eval_images.update(saved["eval_images"])
         first_scores.update(saved.get("first_scores", {}))
         own_scores.update(saved.get("own_scores", {}))
@@ -466,7 +493,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
             "cell_id": spec.cell_id, "code_version": code_version(), "method": method.state_dict(),
             "prompt_rng": rng.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(backbone.device) if backbone.device.type == "cuda" else None,
-            "curve": curve, "eval_images": {k: v.cpu() for k, v in eval_images.items()}, "train_time": train_time,
+            "curve": curve, "interval": interval, "eval_images": {k: v.cpu() for k, v in eval_images.items()}, "train_time": train_time,
             "first_scores": first_scores, "own_scores": own_scores,
             "totals": totals, "next_eval": next_eval, "n_steps": n_steps, "optimizer_steps": optimizer_steps,
             "flops_per_sample": flops_per_sample, "counted_samples": counted_samples})
@@ -490,6 +517,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
                 train_time += time.perf_counter() - t0
             n_steps += 1
             optimizer_steps += int(last_metrics.get("optimizer_steps", 1))
+            accumulate_train_metrics(interval, last_metrics)
             if tracker is not None:
                 tracker.train_step(last_metrics, method.total_samples)
             for k, v in last_metrics.items():

@@ -318,3 +318,72 @@ def test_every_registered_method_has_its_own_colour_in_the_plots():
     colours = [method_style(m)[0] for m in names]
     assert len(names) >= 11 and len(set(colours)) == len(colours), dict(zip(names, colours))
     assert method_style("ddpo")[1] != method_style("draft-1")[1]  # the family shows in the line style
+
+
+def _ddpo_epoch_cell(tmp_path, **over):
+    """A DDPO cell in epochs of 4 samples (2 calls of 2: the first only samples) evaluated every 4 samples."""
+    import bench.testbed  # noqa: F401  (registers the shapes backbone and rewards)
+    from bench import tasks
+    from bench.cell import CellSpec
+
+    kw = tasks.get("shapes-aesthetic").cell_kwargs()
+    kw["eval_prompts"] = kw["eval_prompts"][:2]
+    kw["cross_rewards"] = []
+    return CellSpec(method="ddpo", **kw, budget=8, batch_size=2, eval_every=4, save_lora=False, save_images=False,
+                    eval_images_per_prompt=1, results_dir=str(tmp_path),
+                    method_kwargs=dict(num_steps=3, guidance_scale=3.0, eta=1.0, samples_per_epoch=4,
+                                       minibatch_size=2), **over)
+
+
+def _record_steps(monkeypatch, fail_at: int | None = None) -> list[dict]:
+    """Record every DDPO.step()'s metrics; with fail_at, the fail_at-th call raises (a crash mid-interval)."""
+    from methods.ddpo import DDPO
+
+    monkeypatch.undo()  # a previous recorder's wrapper is not wrapped again
+    calls: list[dict] = []
+    original = DDPO.step
+
+    def step(self, prompts):
+        if fail_at is not None and len(calls) + 1 == fail_at:
+            raise RuntimeError("crash")
+        calls.append(original(self, prompts))
+        return calls[-1]
+
+    monkeypatch.setattr(DDPO, "step", step)
+    return calls
+
+
+def test_curve_points_record_the_training_metrics_of_their_interval(tmp_path, monkeypatch):
+    """Each curve point after the first carries train_<metric>: the mean over the step() calls since the previous
+    point — the reward over every call, the loss, gradient norm, approx-KL and clip fraction over the calls that
+    updated the weights only (DDPO's sample-only calls have no loss to average in)."""
+    from bench.cell import TRAIN_METRICS, run_cell
+
+    calls = _record_steps(monkeypatch)
+    _, curve = run_cell(_ddpo_epoch_cell(tmp_path))
+    assert [p["samples"] for p in curve] == [0, 4, 8] and len(calls) == 4
+    assert [c["optimizer_steps"] for c in calls] == [0, 2, 0, 2]
+    assert not {f"train_{name}" for name in TRAIN_METRICS} & set(curve[0])
+    for point, (sampled, updated) in zip(curve[1:], (calls[0:2], calls[2:4])):
+        assert point["train_reward"] == pytest.approx((sampled["reward"] + updated["reward"]) / 2)
+        for name in ("loss", "grad_norm", "approx_kl", "clipfrac"):
+            assert point[f"train_{name}"] == pytest.approx(updated[name]), name
+    assert curve[1]["train_reward"] != curve[2]["train_reward"]  # the sums restart at each point
+
+
+def test_a_cell_resumed_mid_interval_keeps_the_interval_s_training_metrics(tmp_path, monkeypatch):
+    """A cell that saved its state between two evaluations (checkpoint_minutes) and crashed resumes with the
+    training metrics it had summed so far: its curve equals an uninterrupted run's, train_ columns included."""
+    from bench.cell import TRAIN_METRICS, run_cell
+
+    _record_steps(monkeypatch)
+    _, straight = run_cell(_ddpo_epoch_cell(tmp_path / "straight"))
+    _record_steps(monkeypatch, fail_at=2)  # the state saved after call 1 holds call 1's reward only
+    spec = _ddpo_epoch_cell(tmp_path / "resumed", checkpoint_minutes=1e-9)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_cell(spec)
+    _record_steps(monkeypatch)
+    _, resumed = run_cell(spec)
+    columns = [f"train_{name}" for name in TRAIN_METRICS]
+    assert columns and [{k: p.get(k) for k in columns} for p in resumed] == [
+        {k: p.get(k) for k in columns} for p in straight]
