@@ -393,6 +393,7 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
            " \"Reaches X at N\": N is the first evaluated sample count at which the method's mean evaluation reward "
            "is ≥ X.", ""]
     budget_of = lambda tc, m: int(tc.loc[tc["method"] == m, "budget"].max())  # noqa: E731
+    tally: list[tuple[str, str, str]] = []  # (claim, where, verdict) for the across-tasks summary
     for task in sorted(ok["task"].unique()):
         tc = ok[ok["task"] == task]
         finals = tc.groupby("method")["reward_final"].mean()
@@ -422,6 +423,7 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
                        f"{ddpo_initial:.4g} → {target:.4g} in {ddpo_budget} samples) within {limit:g} samples "
                        f"(10× fewer). Measured: " + ", ".join(f"{m} {v[1]}" for m, v in reached.items()) +
                        f". Verdict: {verdict}.")
+            tally.append((CLAIM_SAMPLE_EFFICIENCY, task, verdict))
         if "draft-lv" in finals and "draft-1" in finals:
             grid, mean = _mean_curve(tc, curves, "draft-lv")
             b1 = budget_of(tc, "draft-1")
@@ -432,6 +434,7 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
                        f"{_reach(grid, mean, finals['draft-1'], budget_of(tc, 'draft-lv'))}"
                        f"{' samples' if math.isfinite(s) else ''} (final {finals['draft-lv']:.4g}). "
                        f"Verdict: {verdict}.")
+            tally.append((CLAIM_LV, task, verdict))
     trunc = [m for m in ("draft-1", "draft-k") if m in ok["method"].unique()]
     if "draft" in cells["method"].unique() and trunc:
         for task in sorted(cells["task"].unique()):
@@ -461,6 +464,7 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
                        "; ".join(f"{m}: {v[0]} failed, mean drop {v[1]:.3g}, final sd over seeds "
                                  f"{'–' if not math.isfinite(v[2]) else f'{v[2]:.3g}'}" for m, v in stats.items()) +
                        f". Verdict: {'holds' if holds else 'does not hold'}.")
+            tally.append((CLAIM_STABILITY, task, "holds" if holds else "does not hold"))
     gold_col = next((c for c in cells.columns if c.startswith("shapes-gold-aesthetic") and c.endswith("_final")), None)
     if gold_col:
         init_col = gold_col.replace("_final", "_initial")
@@ -471,8 +475,36 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
         for task, tg in ok[ok[gold_col].notna()].groupby("task"):
             if not _evaluates(tg["base_task"].iloc[0] if "base_task" in tg else task, gold_name):
                 continue
-            out += _overoptimisation(task, tg, curves, init_col, gold_col, gold_col.replace("_final", "_mean"))
+            out += _overoptimisation(task, tg, curves, init_col, gold_col, gold_col.replace("_final", "_mean"), tally)
+    out += across_tasks(tally)
     out.append("")
+    return out
+
+
+CLAIM_SAMPLE_EFFICIENCY = "a gradient method reaches DDPO's final reward with 10× fewer samples"
+CLAIM_LV = "DRaFT-LV reaches DRaFT-1's final reward with fewer samples"
+CLAIM_STABILITY = "full backpropagation is less stable than truncated"
+CLAIM_OVEROPTIMISATION = "the proxy rises while the gold falls"
+
+
+def across_tasks(tally: list[tuple[str, str, str]]) -> list[str]:
+    """Each claim's verdicts over the tasks (and, for over-optimisation, the methods) that tested it: reproduced
+    where every testable one holds, not reproduced where none does, mixed otherwise; untestable ones are named."""
+    if not tally:
+        return []
+    out = ["", "### Each claim across tasks", ""]
+    for claim in dict.fromkeys(c for c, _, _ in tally):
+        results = [(where, v) for c, where, v in tally if c == claim]
+        tested = [(where, v) for where, v in results if not v.startswith("not testable")]
+        held = [where for where, v in tested if v == "holds"]
+        summary = ("not testable" if not tested else "reproduced" if len(held) == len(tested)
+                   else "not reproduced" if not held else "mixed")
+        untestable = [where for where, v in results if v.startswith("not testable")]
+        parts = [f"holds in {len(held)} of {len(tested)}" + (f" ({', '.join(held)})" if 0 < len(held) < len(tested)
+                                                              else "")] if tested else []
+        if untestable:
+            parts.append(f"not testable in {', '.join(untestable)}")
+        out.append(f"- {claim}: " + (f"{summary} — {'; '.join(parts)}." if tested else f"{parts[0]}."))
     return out
 
 
@@ -489,7 +521,7 @@ def _evaluates(task: str, reward: str) -> bool:
 
 
 def _overoptimisation(task: str, ga: pd.DataFrame, curves: pd.DataFrame, init_col: str, gold_col: str,
-                      gold_curve: str) -> list[str]:
+                      gold_curve: str, tally: list[tuple[str, str, str]]) -> list[str]:
     out = []
     for m, g in ga.groupby("method"):
         p0, p1 = g["reward_initial"].mean(), g["reward_final"].mean()
@@ -504,8 +536,10 @@ def _overoptimisation(task: str, ga: pd.DataFrame, curves: pd.DataFrame, init_co
             line += f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples" + (
                 f", then falls by {gold[peak] - gold[-1]:.3g} while the proxy changes by "
                 f"{proxy[-1] - proxy[peak]:+.3g}" if peak < len(grid) - 1 else " (the last evaluation)")
-        line += f". Verdict: {'holds' if p1 > p0 and g1 < g0 else 'does not hold'}."
+        verdict = "holds" if p1 > p0 and g1 < g0 else "does not hold"
+        line += f". Verdict: {verdict}."
         out.append(line)
+        tally.append((CLAIM_OVEROPTIMISATION, f"{task} {m}", verdict))
     return out
 
 

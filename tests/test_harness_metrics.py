@@ -387,3 +387,33 @@ def test_a_cell_resumed_mid_interval_keeps_the_interval_s_training_metrics(tmp_p
     columns = [f"train_{name}" for name in TRAIN_METRICS]
     assert columns and [{k: p.get(k) for k in columns} for p in resumed] == [
         {k: p.get(k) for k in columns} for p in straight]
+
+
+def test_each_claim_is_summarised_across_the_tasks_that_could_test_it():
+    """The claims section ends with each claim over tasks: reproduced where every testable task holds, not
+    reproduced where none does, mixed (naming where it held) otherwise; a task where DDPO did not improve is named
+    as untestable and not counted."""
+    from bench.leaderboard import claims
+
+    def text(spec):
+        cells, curves = [], []
+        for task, method, curve in spec:
+            cid = f"{task}-{method}"
+            cells.append(dict(cell_id=cid, task=task, method=method, status="ok", budget=1000, eval_reward="r",
+                              reward_initial=curve[0][1], reward_final=curve[-1][1]))
+            curves.extend(dict(cell_id=cid, samples=s, r_mean=v) for s, v in curve)
+        lines = claims(pd.DataFrame(cells), pd.DataFrame(curves))
+        return [ln for ln in lines[lines.index("### Each claim across tasks"):] if ln.startswith("- ")]
+
+    ddpo = ("ddpo", [(0, 0.0), (1000, 1.0)])
+    fast, slow = [(0, 0.0), (100, 1.2), (1000, 2.0)], [(0, 0.0), (100, 0.2), (1000, 2.0)]
+    flat_ddpo = ("ddpo", [(0, 1.0), (1000, 0.5)])
+    mixed = text([("a", *ddpo), ("a", "draft-1", fast), ("b", *ddpo), ("b", "draft-1", slow),
+                  ("c", *flat_ddpo), ("c", "draft-1", slow)])
+    assert mixed == ["- a gradient method reaches DDPO's final reward with 10× fewer samples: mixed — holds in 1 of 2 "
+                     "(a); not testable in c."]
+    assert text([("a", *ddpo), ("a", "draft-1", fast), ("b", *ddpo), ("b", "draft-1", fast)])[0].endswith(
+        ": reproduced — holds in 2 of 2.")
+    assert text([("a", *ddpo), ("a", "draft-1", slow)])[0].endswith(": not reproduced — holds in 0 of 1.")
+    lv = text([("a", "draft-1", slow), ("a", "draft-lv", [(0, 0.0), (100, 2.1), (1000, 2.5)])])
+    assert lv == ["- DRaFT-LV reaches DRaFT-1's final reward with fewer samples: reproduced — holds in 1 of 1."]
