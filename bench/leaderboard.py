@@ -265,8 +265,11 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
                   f"{info.get('eval_images_per_prompt')} fixed noises (DDIM, eta 0), seeds {info.get('seeds')}",
                   f"- machine: {info.get('machine')}; load average at the end {info.get('load_average')}",
                   f"- command: `{info.get('command')}`",
-                  f"- started {info.get('started')}, wall time {info.get('wall_s')} s for {info.get('cells_run')} cells "
-                  f"run ({info.get('cells_skipped_resume')} already finished), {info.get('jobs')} at a time"]
+                  f"- started {info.get('started')}, " + (
+                      f"interrupted after {info.get('wall_s')} s (the same command resumes it)"
+                      if info.get("interrupted") and info.get("cells_run") is None else
+                      f"wall time {info.get('wall_s')} s for {info.get('cells_run')} cells run "
+                      f"({info.get('cells_skipped_resume')} already finished)") + f", {info.get('jobs')} at a time"]
         earlier = [h for h in info.get("history", []) if h.get("cells_run")]
         if earlier:
             lines.append("- earlier runs into this directory (shards, resumes): " + "; ".join(
@@ -397,7 +400,7 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     for task in sorted(ok["task"].unique()):
         tc = ok[ok["task"] == task]
         finals = tc.groupby("method")["reward_final"].mean()
-        if "ddpo" in finals:
+        if "ddpo" in finals and any(m in finals for m in GRADIENT_METHODS):  # a DDPO-only suite compares nothing
             target = finals["ddpo"]
             ddpo_initial = tc.loc[tc["method"] == "ddpo", "reward_initial"].mean()
             ddpo_budget = budget_of(tc, "ddpo")

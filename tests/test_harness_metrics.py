@@ -417,3 +417,7 @@ def test_each_claim_is_summarised_across_the_tasks_that_could_test_it():
     assert text([("a", *ddpo), ("a", "draft-1", slow)])[0].endswith(": not reproduced — holds in 0 of 1.")
     lv = text([("a", "draft-1", slow), ("a", "draft-lv", [(0, 0.0), (100, 2.1), (1000, 2.5)])])
     assert lv == ["- DRaFT-LV reaches DRaFT-1's final reward with fewer samples: reproduced — holds in 1 of 1."]
+    alone = claims(pd.DataFrame([dict(cell_id="d", task="a", method="ddpo", status="ok", budget=1000, eval_reward="r",
+                                      reward_initial=0.0, reward_final=1.0)]),
+                   pd.DataFrame([dict(cell_id="d", samples=s, r_mean=v) for s, v in ddpo[1]]))
+    assert not any("DDPO's final reward" in ln for ln in alone), alone  # a DDPO-only suite compares nothing
