@@ -438,7 +438,9 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
                        f"{' samples' if math.isfinite(s) else ''} (final {finals['draft-lv']:.4g}). "
                        f"Verdict: {verdict}.")
             tally.append((CLAIM_LV, task, verdict))
-    trunc = [m for m in ("draft-1", "draft-k") if m in ok["method"].unique()]
+    # the truncated variants: DRaFT-K/-1 (the last K steps) and AlignProp (a random cutoff: its paper's remedy for the
+    # collapse of full backpropagation)
+    trunc = [m for m in TRUNCATED_METHODS if m in ok["method"].unique()]
     if "draft" in cells["method"].unique() and trunc:
         for task in sorted(cells["task"].unique()):
             stats = {}
@@ -487,6 +489,7 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
 CLAIM_SAMPLE_EFFICIENCY = "a gradient method reaches DDPO's final reward with 10× fewer samples"
 CLAIM_LV = "DRaFT-LV reaches DRaFT-1's final reward with fewer samples"
 CLAIM_STABILITY = "full backpropagation is less stable than truncated"
+TRUNCATED_METHODS = ("draft-1", "draft-k", "alignprop")
 CLAIM_OVEROPTIMISATION = "the proxy rises while the gold falls"
 
 

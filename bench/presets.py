@@ -178,6 +178,17 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            device="cpu", jobs=2, save_images=True,
            expected_time="≈ 2 h per cell on 1 CPU core; each evaluation saves the cell's state, so an interrupted "
                          "run resumes from its last evaluation (rerun the same command)"),
+    Preset("paper-50", "full vs truncated backpropagation at 50 sampling steps (AlignProp's collapse claim is at 50 "
+           "steps): DRaFT (full), DRaFT-K, DRaFT-1 and AlignProp on shapes-aesthetic, 3 seeds, 256 samples, the "
+           "paper preset's protocol otherwise",
+           ["draft", "draft-k", "draft-1", "alignprop"], ["shapes-aesthetic"], backbone="shapes", seeds=[0, 1, 2],
+           budget=256, batch_size=8, eval_every=32, protocol=dict(TESTBED_PROTOCOL, num_steps=50), device="cpu",
+           jobs=2, expected_time="≈ 2.5 CPU-hours (estimated from the paper preset's 10-step throughput × 5)"),
+    Preset("paper-long", "DRaFT-1 given 8× the paper preset's samples (4096) on shapes-aesthetic, 3 seeds: does the "
+           "proxy keep rising while the gold aesthetic falls under long optimisation?",
+           ["draft-1"], ["shapes-aesthetic"], backbone="shapes", seeds=[0, 1, 2], budget=4096, batch_size=8,
+           eval_every=64, protocol=TESTBED_PROTOCOL, device="cpu", jobs=2,
+           expected_time="≈ 18 min a cell on 1 CPU core (1,054 s measured on the previous testbed model)"),
     Preset("sd15", "the real grid: SD 1.5, the real reward zoo, every method, 3 seeds (GPU)",
            ALL_METHODS, REAL_TASKS, backbone="sd15", seeds=[0, 1, 2], budget=4096, batch_size=8, eval_every=512,
            eval_images_per_prompt=4, protocol=SD_PROTOCOL, method_overrides=DDPO_ETA, lora_rank=8, device="cuda",

@@ -324,6 +324,20 @@ def test_claim_verdicts_follow_their_stated_rules():
     assert "after never" not in late + never + flat + lv
 
 
+def test_stability_claim_compares_full_backprop_with_every_truncated_variant_alignprop_included():
+    """Rule: full DRaFT is less stable when it has more failed cells, or a larger mean drop below its running best,
+    than *every* truncated variant (DRaFT-1, DRaFT-K and AlignProp's random cutoff)."""
+    rising = [(0, 0.0), (100, 1.0), (200, 2.0)]
+    dropping = [(0, 0.0), (100, 2.0), (200, 1.0)]  # drop below the running best: 1.0
+    held = _claims([("draft", 200, dropping), ("draft-1", 200, rising), ("alignprop", 200, rising)])
+    assert "truncated (draft-1/alignprop)" in held and "draft: 0 failed, mean drop 1" in held
+    assert "alignprop: 0 failed, mean drop 0" in held and "Verdict: holds." in held
+    # AlignProp as unstable as full backprop: the claim no longer holds against every truncated variant
+    tie = _claims([("draft", 200, dropping), ("draft-1", 200, rising), ("alignprop", 200, dropping)])
+    assert "truncated (draft-1/alignprop)" in tie and "Verdict: does not hold." in tie
+    assert "truncated" not in _claims([("draft", 200, dropping), ("refl", 200, rising)])
+
+
 def test_one_seed_cells_are_compared_image_by_image():
     """Same prompts and noise for every method: a small but consistent per-image gain separates two methods whose
     unpaired intervals overlap; noise-sized differences tie."""
