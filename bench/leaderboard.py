@@ -491,6 +491,7 @@ CLAIM_LV = "DRaFT-LV reaches DRaFT-1's final reward with fewer samples"
 CLAIM_STABILITY = "full backpropagation is less stable than truncated"
 TRUNCATED_METHODS = ("draft-1", "draft-k", "alignprop")
 CLAIM_OVEROPTIMISATION = "the proxy rises while the gold falls"
+CLAIM_PEAK_THEN_FALL = "the gold peaks, then falls while the proxy goes on rising"
 
 
 def across_tasks(tally: list[tuple[str, str, str]]) -> list[str]:
@@ -536,17 +537,42 @@ def _overoptimisation(task: str, ga: pd.DataFrame, curves: pd.DataFrame, init_co
                 f"proxy final > initial and gold final < initial. Measured: proxy {p0:.4g} → {p1:.4g}, gold "
                 f"{g0:.4g} → {g1:.4g}")
         grid, gold = _mean_curve(ga, curves, m, gold_curve)
+        peak_line = None
         if len(grid) > 2 and np.isfinite(gold).any():
             peak = int(np.nanargmax(gold))
             _, proxy = _mean_curve(ga, curves, m)
             line += f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples" + (
                 f", then falls by {gold[peak] - gold[-1]:.3g} while the proxy changes by "
                 f"{proxy[-1] - proxy[peak]:+.3g}" if peak < len(grid) - 1 else " (the last evaluation)")
+            peak_line = _gold_peak_then_fall(task, m, g, ga, curves, grid, gold, proxy, peak, gold_curve, tally)
         verdict = "holds" if p1 > p0 and g1 < g0 else "does not hold"
         line += f". Verdict: {verdict}."
         out.append(line)
         tally.append((CLAIM_OVEROPTIMISATION, f"{task} {m}", verdict))
+        if peak_line:
+            out.append(peak_line)
     return out
+
+
+def _gold_peak_then_fall(task: str, m: str, g: pd.DataFrame, ga: pd.DataFrame, curves: pd.DataFrame,
+                         grid: np.ndarray, gold: np.ndarray, proxy: np.ndarray, peak: int, gold_curve: str,
+                         tally: list[tuple[str, str, str]]) -> str:
+    """Over-optimisation as the reward-model literature measures it (Gao et al. 2022): the gold rises, peaks, then
+    falls while the proxy goes on rising. Rule: after the gold's peak (not the last evaluation) the gold falls by
+    more than the 95% interval of its mean at the peak (over the evaluation images × seeds, unpaired: conservative)
+    and the proxy ends above its value at the peak."""
+    fall, rise = gold[peak] - gold[-1], proxy[-1] - proxy[peak]
+    _, spread = _mean_curve(ga, curves, m, gold_curve.replace("_mean", "_std"))
+    n = float(g["eval_images"].sum()) if "eval_images" in g else math.nan
+    half = _ci_images(float(spread[peak]), n) if len(spread) else math.nan
+    holds = peak < len(grid) - 1 and rise > 0 and math.isfinite(half) and fall > half
+    verdict = "holds" if holds else "does not hold" if math.isfinite(half) else "not testable: no gold spread"
+    tally.append((CLAIM_PEAK_THEN_FALL, f"{task} {m}", verdict))
+    return (f"- over-optimisation after a peak, {task}, {m} — claim: the gold peaks, then falls while the proxy "
+            f"goes on rising; rule: after the gold's peak (not the last evaluation) the gold falls by more than its "
+            f"95% interval at the peak and the proxy ends above its value there. Measured: gold peak {gold[peak]:.4g} "
+            f"at {int(grid[peak])} of {int(grid[-1])} samples, fall {fall:.3g} (interval ± {half:.3g} over {n:.0f} "
+            f"images), proxy {rise:+.3g} after the peak. Verdict: {verdict}.")
 
 
 def build(out_dir: str | Path, plots: bool = True) -> str:

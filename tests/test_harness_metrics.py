@@ -160,6 +160,29 @@ def test_claims_read_each_method_at_its_own_budget_and_find_the_gold_peak():
             "(10× fewer). Measured: draft-1 100. Verdict: holds.") in text
     assert ("Measured: proxy 0 → 3, gold 5 → 4.5; gold peaks at 6.5 after 100 samples, then falls by 2 while the "
             "proxy changes by +1.8. Verdict: holds.") in text
+    # without the gold's spread across images the peak-then-fall rule cannot tell a fall from noise
+    assert "fall 2 (interval ± nan" in text and "Verdict: not testable: no gold spread." in text
+
+
+@pytest.mark.parametrize("spread, proxy_end, verdict", [(1.0, 3.0, "holds"), (6.0, 3.0, "does not hold"),
+                                                        (1.0, 0.5, "does not hold")])
+def test_gold_peak_then_fall_is_judged_against_the_gold_s_interval_at_its_peak(spread, proxy_end, verdict):
+    """Gao et al.'s over-optimisation: the gold falls after its peak by more than the 95% interval of its mean there
+    (Student t over the evaluation images of every seed) while the proxy goes on rising."""
+    from scipy.stats import t
+
+    from bench.leaderboard import claims
+
+    cells = [dict(cell_id=f"s{seed}", task="t", method="draft-1", status="ok", budget=300, eval_reward="r",
+                  reward_initial=0.0, reward_final=3.0, eval_images=16,
+                  **{"shapes-gold-aesthetic_initial": 5.0, "shapes-gold-aesthetic_final": 4.5}) for seed in (0, 1)]
+    curves = [dict(cell_id=c["cell_id"], samples=s, r_mean=r, **{"shapes-gold-aesthetic_mean": gm,
+                                                              "shapes-gold-aesthetic_std": spread})
+              for c in cells for s, r, gm in [(0, 0.0, 5.0), (100, 1.0, 6.5), (200, 2.0, 6.0), (300, proxy_end, 4.5)]]
+    text = "\n".join(claims(pd.DataFrame(cells), pd.DataFrame(curves)))
+    half = t.ppf(0.975, 31) * spread / math.sqrt(32)
+    assert f"gold peak 6.5 at 100 of 300 samples, fall 2 (interval ± {half:.3g} over 32 images)" in text
+    assert f"proxy {proxy_end - 1:+.3g} after the peak. Verdict: {verdict}." in text
 
 
 def test_paired_delta_interval_is_the_student_t_interval_of_per_image_changes():
