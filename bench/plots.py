@@ -2,7 +2,6 @@
 sample counts), extra evaluation rewards (the gold aesthetic) beside the headline, and memory vs samples/s."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -83,15 +82,34 @@ def reward_vs_samples(task: str, cells: pd.DataFrame, curves: pd.DataFrame, path
     plt.close(fig)
 
 
+def throughput_points(cells: pd.DataFrame) -> pd.DataFrame:
+    """One point per method and backbone (a method's memory and speed on one model and on another are different
+    facts, never averaged): mean samples/s and peak MB over its finished cells."""
+    ok = cells[cells["status"] == "ok"]
+    keys = ["method", "backbone"] if "backbone" in ok else ["method"]
+    pts = ok.groupby(keys, sort=True)[["samples_per_s", "peak_mem_mb"]].mean().reset_index()
+    return pts[np.isfinite(pts["samples_per_s"]) & np.isfinite(pts["peak_mem_mb"])]
+
+
 def memory_vs_throughput(cells: pd.DataFrame, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ok = cells[cells["status"] == "ok"]
-    for method, g in ok.groupby("method"):
-        x, y = g["samples_per_s"].mean(), g["peak_mem_mb"].mean()
-        if math.isfinite(x) and math.isfinite(y):
-            ax.scatter(x, y, s=40, color=method_style(method)[0])
-            ax.annotate(method, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+    pts = throughput_points(cells)
+    backbones = sorted(pts["backbone"].unique()) if "backbone" in pts else []
+    markers = dict(zip(backbones, "os^Dv"))
+    named = set()
+    for r in pts.itertuples():  # a marker per backbone (legend), the method's name once beside its first point
+        ax.scatter(r.samples_per_s, r.peak_mem_mb, s=40, color=method_style(r.method)[0],
+                   marker=markers.get(getattr(r, "backbone", None), "o"))
+        if r.method not in named:
+            named.add(r.method)
+            ax.annotate(r.method, (r.samples_per_s, r.peak_mem_mb), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+    if len(backbones) > 1:
+        for b in backbones:
+            ax.scatter([], [], marker=markers.get(b, "o"), color="grey", label=b)
+        ax.legend(fontsize=8, title="backbone", title_fontsize=8)
     device = ", ".join(map(str, ok["device"].dropna().unique())) if "device" in ok else ""
     ax.set_xlabel("training samples / s")
     ax.set_ylabel("peak memory (MB)")

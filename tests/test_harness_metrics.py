@@ -246,6 +246,21 @@ def test_leaderboard_never_averages_one_task_across_backbones_and_puts_them_side
     assert (tmp_path / "plots" / "reward_vs_samples_t_on_shapes-flow.png").exists()
 
 
+def test_memory_vs_throughput_keeps_one_point_per_method_and_backbone():
+    """A method's speed on two models is two facts: averaging them would place a point where no run was."""
+    from bench.plots import throughput_points
+
+    cells = pd.DataFrame([dict(method="draft-1", backbone="shapes", status="ok", samples_per_s=6.0, peak_mem_mb=800),
+                          dict(method="draft-1", backbone="shapes", status="ok", samples_per_s=4.0, peak_mem_mb=900),
+                          dict(method="draft-1", backbone="shapes-flow", status="ok", samples_per_s=2.0,
+                               peak_mem_mb=1000),
+                          dict(method="refl", backbone="shapes", status="error", samples_per_s=9.0, peak_mem_mb=1)])
+    pts = throughput_points(cells).set_index(["method", "backbone"])
+    assert sorted(pts.index) == [("draft-1", "shapes"), ("draft-1", "shapes-flow")]  # the failed cell is no point
+    assert pts.loc[("draft-1", "shapes"), "samples_per_s"] == 5.0 and pts.loc[("draft-1", "shapes"), "peak_mem_mb"] == 850
+    assert pts.loc[("draft-1", "shapes-flow"), "samples_per_s"] == 2.0
+
+
 def test_leaderboard_flags_a_trained_reward_rising_while_another_falls_beyond_its_interval(tmp_path):
     """One seed: the paired per-image intervals decide. The flag needs both ends: the trained reward's change above
     0 and the other's below 0; an interval that straddles 0 on either side does not flag."""
