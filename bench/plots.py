@@ -111,6 +111,7 @@ def memory_vs_throughput(cells: pd.DataFrame, path: Path) -> None:
             ax.scatter([], [], marker=markers.get(b, "o"), color="grey", label=b)
         ax.legend(fontsize=8, title="backbone", title_fontsize=8)
     device = ", ".join(map(str, ok["device"].dropna().unique())) if "device" in ok else ""
+    ax.margins(x=0.12, y=0.08)  # room for the names beside the outermost points
     ax.set_xlabel("training samples / s")
     ax.set_ylabel("peak memory (MB)")
     ax.set_title(f"memory vs throughput ({device})")

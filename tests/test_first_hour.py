@@ -338,6 +338,25 @@ def test_stability_claim_compares_full_backprop_with_every_truncated_variant_ali
     assert "truncated" not in _claims([("draft", 200, dropping), ("refl", 200, rising)])
 
 
+@pytest.mark.parametrize("full_drops, verdict", [((1.0, 1.1, 0.9), "holds"), ((0.1, 1.5, 0.0), "does not hold")])
+def test_stability_claim_needs_the_drops_intervals_over_seeds_apart(full_drops, verdict):
+    """Three seeds each: full DRaFT's mean drop (≈ 1 in both cases) is larger than DRaFT-1's (0.1) in both, but the
+    claim holds only where the 95% intervals over seeds do not overlap."""
+    import pandas as pd
+
+    from bench.leaderboard import claims
+
+    cells, curves = [], []
+    for method, drops in [("draft", full_drops), ("draft-1", (0.1, 0.1, 0.1))]:
+        for seed, drop in enumerate(drops):
+            cid = f"{method}-s{seed}"
+            cells.append(dict(cell_id=cid, task="t", method=method, seed=seed, status="ok", budget=200,
+                              eval_reward="r", reward_initial=0.0, reward_final=2.0 - drop))
+            curves += [dict(cell_id=cid, samples=s, r_mean=v) for s, v in [(0, 0.0), (100, 2.0), (200, 2.0 - drop)]]
+    text = "\n".join(claims(pd.DataFrame(cells), pd.DataFrame(curves)))
+    assert "draft-1: 0 failed, mean drop 0.1 ± 0" in text and f"Verdict: {verdict}." in text
+
+
 def test_one_seed_cells_are_compared_image_by_image():
     """Same prompts and noise for every method: a small but consistent per-image gain separates two methods whose
     unpaired intervals overlap; noise-sized differences tie."""
