@@ -241,6 +241,36 @@ def side_by_side(cells: pd.DataFrame) -> list[str]:
     return out
 
 
+def _rank(group: int, sizes: pd.Series) -> str:
+    return f"{group}=" if sizes[group] > 1 else str(group)
+
+
+def at_a_glance(summaries: dict[str, pd.DataFrame]) -> list[str]:
+    """With several tasks, one table before their sections: each method's change in each task's evaluation reward
+    (final − initial, 95% interval as in the task's own table) and its rank there (bold: first rank, ties included).
+    A method run at several budgets or protocols in one task shows its largest budget."""
+    summaries = {t: s for t, s in summaries.items() if not s.empty}
+    if len(summaries) < 2:
+        return []
+    methods = sorted({m for s in summaries.values() for m in s["method"]})
+    out = ["## Every task at a glance", "",
+           "Change in each task's evaluation reward, final − initial (95% interval), and the method's rank in that "
+           "task; **bold**: the first rank (ties share it). Details, other rewards and the claims: the sections below.",
+           "", "| method | " + " | ".join(summaries) + " |", "|---|" + "---|" * len(summaries)]
+    for method in methods:
+        row = [method]
+        for s in summaries.values():
+            entry = s[s["method"] == method].sort_values("budget")
+            if entry.empty:
+                row.append("–")
+                continue
+            r = entry.iloc[-1]
+            text = f"{_change(r['delta'], r['delta_ci95'])} ({_rank(r['group'], s['group'].value_counts())})"
+            row.append(f"**{text}**" if r["group"] == 1 else text)
+        out.append("| " + " | ".join(row) + " |")
+    return out + [""]
+
+
 def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dict) -> str:
     lines = [f"# Leaderboard: {info.get('preset', out_dir.name)}", ""]
     if info.get("merged_from") is not None:  # `bench merge`: what the shards agree on, then each shard's run
@@ -304,9 +334,11 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
               "while the headline reward's change lies above 0 (reward hacking). \"Own sampler\": the headline "
               "reward under the method's training sampler (e.g. DDPO's eta 1) on the same prompts and initial "
               "noise, where it differs from the shared evaluation's.", ""]
-    for task in sorted(cells["task"].dropna().unique()):
+    summaries = {task: task_summary(cells[cells["task"] == task], curves)
+                 for task in sorted(cells["task"].dropna().unique())}
+    lines += at_a_glance(summaries)
+    for task, summary in summaries.items():
         tc = cells[cells["task"] == task]
-        summary = task_summary(tc, curves)
         headline = tc["eval_reward"].dropna().iloc[0] if "eval_reward" in tc and tc["eval_reward"].notna().any() \
             else "reward"
         lines += [f"## {task}", "", f"Evaluation reward: `{headline}`" + (
@@ -325,8 +357,7 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
             lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
             sizes = summary["group"].value_counts()
             for i, r in summary.iterrows():
-                rank = f"{r['group']}=" if sizes[r["group"]] > 1 else str(r["group"])
-                cols = [rank, f"**{r['method']}**" if r["group"] == 1 else r["method"],
+                cols = [_rank(r["group"], sizes), f"**{r['method']}**" if r["group"] == 1 else r["method"],
                         _pm(r["final"], r["final_ci95"], r["seeds"]),
                         _fmt(r["initial"]), _fmt(r["auc"]), _fmt(r["samples_to_threshold"])]
                 if own:

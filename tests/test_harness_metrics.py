@@ -246,6 +246,37 @@ def test_leaderboard_never_averages_one_task_across_backbones_and_puts_them_side
     assert (tmp_path / "plots" / "reward_vs_samples_t_on_shapes-flow.png").exists()
 
 
+def test_leaderboard_puts_every_task_at_a_glance_before_their_sections(tmp_path):
+    """Several tasks: one table of each method's change and rank per task (its largest budget), bold where first;
+    a method not run on a task shows `–`; one task: no such table."""
+    from bench import leaderboard
+
+    def row(method, task, seed, final, budget=8):
+        return dict(cell_id=f"{method}-{task}-{seed}-{budget}", backbone="shapes", method=method, task=task,
+                    seed=seed, protocol="shared", budget=budget, status="ok", message="", eval_reward="r",
+                    reward_initial=1.0, reward_final=final, reward_final_std=0.1, reward_auc=1.0, samples=budget,
+                    reward_queries=budget, peak_mem_mb=1.0, samples_per_s=1.0, s_per_step_sampling=0.1,
+                    s_per_step_reward=0.1, s_per_step_backward=0.1)
+
+    rows = [row("a", "t1", s, 3.0 + s / 10) for s in range(3)] + [row("b", "t1", s, 1.5 + s / 10) for s in range(3)]
+    rows += [row("b", "t2", s, 2.0 + s / 10) for s in range(3)] + [row("b", "t2", s, 9.0, budget=4) for s in range(3)]
+    pd.DataFrame(rows).to_csv(tmp_path / "cells.csv", index=False)
+    pd.DataFrame([dict(cell_id=r["cell_id"], samples=n, r_mean=1.0) for r in rows for n in (0, r["budget"])]
+                 ).to_csv(tmp_path / "curves.csv", index=False)
+    text = leaderboard.build(tmp_path, plots=False)
+    glance = text.split("## Every task at a glance")[1].split("\n## ")[0]
+    assert text.index("## Every task at a glance") < text.index("## t1")
+    lines = {ln.split(" | ")[0].strip("| "): ln for ln in glance.splitlines() if ln.startswith("| ") and "---" not in ln}
+    assert lines["a"] == "| a | **Δ +2.1 ± 0.25 (1)** | – |"
+    assert lines["b"] == "| b | Δ +0.6 ± 0.25 (2) | Δ +1.1 ± 0.25 (2) |"  # t2: the 8-sample cells, ranked 2nd
+    one = tmp_path / "one"
+    one.mkdir()
+    pd.DataFrame(rows[:6]).to_csv(one / "cells.csv", index=False)
+    pd.DataFrame([dict(cell_id=r["cell_id"], samples=0, r_mean=1.0) for r in rows[:6]]).to_csv(one / "curves.csv",
+                                                                                            index=False)
+    assert "at a glance" not in leaderboard.build(one, plots=False)
+
+
 def test_memory_vs_throughput_keeps_one_point_per_method_and_backbone():
     """A method's speed on two models is two facts: averaging them would place a point where no run was."""
     from bench.plots import throughput_points
