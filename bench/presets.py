@@ -178,6 +178,13 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            device="cpu", jobs=2, save_images=True,
            expected_time="≈ 2 h per cell on 1 CPU core; each evaluation saves the cell's state, so an interrupted "
                          "run resumes from its last evaluation (rerun the same command)"),
+    Preset("ddpo-ref-epochs", "DDPO in ddpo-pytorch's own epochs (256 samples, minibatches of 64: each PPO step "
+           "averages 4x the samples of ddpo-long's 16) at its own learning rate (3e-4), 8192 samples, "
+           "shapes-aesthetic, seed 0: is DDPO flat in ddpo-long because its minibatches are small?",
+           ["ddpo"], ["shapes-aesthetic"], backbone="shapes", seeds=[0], budget=8192, batch_size=8,
+           eval_every=512, protocol=TESTBED_PROTOCOL,
+           method_overrides={"ddpo": {**ddpo_epochs(256, 64)["ddpo"], "lr": 3e-4}}, device="cpu", jobs=1,
+           expected_time="≈ 1.3 h on 1 CPU core (ddpo-long's throughput); resumes from its last evaluation"),
     Preset("paper-50", "full vs truncated backpropagation at 50 sampling steps (AlignProp's collapse claim is at 50 "
            "steps): DRaFT (full), DRaFT-K, DRaFT-1 and AlignProp on shapes-aesthetic, 3 seeds, 256 samples, the "
            "paper preset's protocol otherwise",
