@@ -322,6 +322,31 @@ def test_claim_verdicts_follow_their_stated_rules():
     lv = _claims([("draft-1", 100, [(0, 0.0), (100, 1.0)]), ("draft-lv", 100, [(0, 0.0), (50, 1.2), (100, 1.5)])])
     assert "DRaFT-LV 50 samples (final 1.5). Verdict: holds." in lv
     assert "after never" not in late + never + flat + lv
+    # a reference that did not improve leaves nothing to reach: DRaFT-1 ending below its start is reached "at 0"
+    down = _claims([("draft-1", 100, [(0, 1.0), (100, 0.8)]), ("draft-lv", 100, [(0, 1.0), (50, 0.9), (100, 0.7)])])
+    assert "Verdict: not testable: DRaFT-1 did not improve on its initial reward (Δ -0.2)." in down
+
+
+def test_a_reference_method_improves_only_beyond_its_interval():
+    """DDPO's gain inside its 95% interval over seeds (+0.05 ± 0.25) is no target for the sample-efficiency claim;
+    the same mean gain with a tight interval is."""
+    import pandas as pd
+
+    from bench.leaderboard import claims
+
+    def text(ddpo_finals):
+        cells, curves = [], []
+        for seed, final in enumerate(ddpo_finals):
+            cells.append(dict(cell_id=f"d{seed}", task="t", method="ddpo", seed=seed, status="ok", budget=1000,
+                              eval_reward="r", reward_initial=1.0, reward_final=final))
+            curves += [dict(cell_id=f"d{seed}", samples=s, r_mean=v) for s, v in [(0, 1.0), (1000, final)]]
+        cells.append(dict(cell_id="g", task="t", method="draft-1", seed=0, status="ok", budget=100, eval_reward="r",
+                          reward_initial=1.0, reward_final=3.0))
+        curves += [dict(cell_id="g", samples=s, r_mean=v) for s, v in [(0, 1.0), (50, 2.0), (100, 3.0)]]
+        return "\n".join(claims(pd.DataFrame(cells), pd.DataFrame(curves)))
+
+    assert "not testable: DDPO did not improve on its initial reward (Δ +0.05 ± 0.25)" in text([0.95, 1.15, 1.05])
+    assert "Verdict: holds." in text([1.04, 1.06, 1.05])
 
 
 def test_stability_claim_compares_full_backprop_with_every_truncated_variant_alignprop_included():
