@@ -262,7 +262,7 @@ def _score_function_vs_pathwise(pair_rewards, batches: int = 16, batch: int = 64
 @pytest.mark.slow  # 1,024 samples twice: ≈ 1 min on a free core (run by .ci/run with the other slow tests)
 def test_policy_gradient_points_where_backprop_through_the_stochastic_chain_points():
     """The objective DDPO trains on (the PPO term at ρ = 1: −A·∇θ log p) estimates the true gradient: over 1,024
-    samples its average agrees with the pathwise gradient (measured cosine 0.64), rewards paired with the wrong
-    trajectories (rolled by one row) do not (−0.02); a sign error would give the negative."""
+    samples its average agrees with the pathwise gradient (measured cosine 0.63), rewards paired with the wrong
+    trajectories (rolled by one row) do not (0.18; expected 0); a sign error would give the negative."""
     assert _score_function_vs_pathwise(lambda a: a) > 0.4
     assert abs(_score_function_vs_pathwise(lambda a: a.roll(1))) < 0.2
