@@ -418,9 +418,9 @@ def _gain(tc: pd.DataFrame, method: str) -> tuple[float, float]:
     return change_ci95(g, "reward_final", "reward_initial", "reward_delta_ci95")
 
 
-def _improved(tc: pd.DataFrame, method: str) -> bool:
-    """A reference method improved when its change's 95% interval lies above 0 (no interval: the change > 0)."""
-    d, h = _gain(tc, method)
+def _improved(d: float, h: float) -> bool:
+    """A reference method's change ``d`` ± ``h`` (``_gain``) is an improvement when its 95% interval lies above 0
+    (no interval: the change > 0)."""
     return math.isfinite(d) and d - (h if math.isfinite(h) else 0.0) > 0
 
 
@@ -458,8 +458,8 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
             first_eval = min((g.min() for g in [np.array(sorted(curves.loc[curves["cell_id"].isin(tc["cell_id"]),
                                                                             "samples"].unique()))] if len(g)
                               for g in [g[g > 0]] if len(g)), default=math.nan)
-            if not _improved(tc, "ddpo"):
-                d, h = _gain(tc, "ddpo")
+            d, h = _gain(tc, "ddpo")
+            if not _improved(d, h):
                 verdict = f"not testable: DDPO did not improve on its initial reward ({_change(d, h)})"
             elif any(v[0] <= limit for v in reached.values() if math.isfinite(v[0])):
                 verdict = "holds"
@@ -478,8 +478,8 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
             b1 = budget_of(tc, "draft-1")
             s = metrics.samples_to_threshold(grid, mean, finals["draft-1"]) if len(grid) else math.nan
             verdict = "holds" if math.isfinite(s) and s < b1 else "does not hold"
-            if not _improved(tc, "draft-1"):  # reaching a final at or below the start says nothing of speed
-                d, h = _gain(tc, "draft-1")
+            d, h = _gain(tc, "draft-1")
+            if not _improved(d, h):  # reaching a final at or below the start says nothing of speed
                 verdict = f"not testable: DRaFT-1 did not improve on its initial reward ({_change(d, h)})"
             out.append(f"- {task} — claim: DRaFT-LV reaches DRaFT-1's final reward {finals['draft-1']:.4g} "
                        f"(at {b1} samples) with fewer samples than {b1}. Measured: DRaFT-LV "

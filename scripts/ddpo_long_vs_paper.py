@@ -54,7 +54,7 @@ def main() -> None:
         print(f"| {task} | {len(ddpo)} | {ddpo['reward_initial'].mean():.4g} → {target:.4g} (Δ {d_mean:+.3g}{half}) "
               f"in {budget} | {', '.join(f'{q:+.3g}' for q in quarters)} | "
               f"{'; '.join(reached) if reached else 'no paper cells yet'} | "
-              f"{'yes' if _improved(ddpo, 'ddpo') else 'no: DDPO did not improve beyond its interval'} |")
+              f"{'yes' if _improved(d_mean, d_half) else 'no: DDPO did not improve beyond its interval'} |")
 
 
 if __name__ == "__main__":
