@@ -25,24 +25,39 @@ from bench.args import Parser, UsageError, examples
 from bench.results import read_csv, write_atomic
 
 
+def _g(x: float, digits: int = 4, sign: bool = False) -> str:
+    """``x`` to ``digits`` significant digits in positional notation (``-0.0000462``, ``12350``), never the
+    scientific notation of ``:g`` (``-4.62e-05``), which a reader of a table skims past; trailing zeros dropped."""
+    x = float(x)
+    if not math.isfinite(x) or (x != 0 and (abs(x) < 1e-6 or abs(x) >= 1e12)):
+        return f"{x:{'+' if sign else ''}.{digits}g}"
+    text = np.format_float_positional(x, precision=digits, unique=True, fractional=False, trim="-")
+    return ("+" + text if sign and not text.startswith("-") else text)
+
+
 def _fmt(x: float, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
-    return f"{x:.{digits}g}"
+    return _g(x, digits)
 
 
 def _pm(mean: float, half: float, seeds: int = 2) -> str:
     """``mean ± half`` over seeds; with one seed there is no interval over seeds: the value alone."""
     if not math.isfinite(mean):
         return "–"
-    return f"{mean:.4g} ± {half:.2g}" if seeds > 1 and math.isfinite(half) else f"{mean:.4g}"
+    return f"{_g(mean, 4)} ± {_g(half, 2)}" if seeds > 1 and math.isfinite(half) else _g(mean, 4)
 
 
 def _change(delta: float, half: float) -> str:
     """A change with its 95% half-width where it has one: ``+0.12 ± 0.05``."""
     if not math.isfinite(delta):
         return "Δ –"
-    return f"Δ {delta:+.3g} ± {half:.2g}" if math.isfinite(half) else f"Δ {delta:+.3g}"
+    if not (math.isfinite(half) and half > 0):
+        text = f"Δ {_g(delta, 3, sign=True)}"
+        return f"{text} ± {_g(half, 2)}" if math.isfinite(half) else text
+    # no digit finer than the interval's second: ``Δ -0.0000339 ± 0.018`` reads ``Δ 0 ± 0.018``
+    shown = round(delta, 1 - math.floor(math.log10(half)))
+    return f"Δ {_g(shown, 3, sign=True) if shown else '0'} ± {_g(half, 2)}"
 
 
 def tie_groups(means: Sequence[float], halves: Sequence[float]) -> list[int]:
@@ -342,7 +357,7 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
         headline = tc["eval_reward"].dropna().iloc[0] if "eval_reward" in tc and tc["eval_reward"].notna().any() \
             else "reward"
         lines += [f"## {task}", "", f"Evaluation reward: `{headline}`" + (
-            f"; threshold {summary['threshold'].iloc[0]:.4g}" if not summary.empty else ""), ""]
+            f"; threshold {_g(summary['threshold'].iloc[0], 4)}" if not summary.empty else ""), ""]
         if not summary.empty:
             extras = [c for c in summary.columns if c.endswith("_final") and not c.endswith("_ci95")
                       and c != "diversity_final"]
@@ -468,8 +483,8 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
                            f"{int(first_eval)} samples, more than {limit:g}")
             else:
                 verdict = "does not hold"
-            out.append(f"- {task} — claim: a gradient method reaches DDPO's final reward {target:.4g} (DDPO: "
-                       f"{ddpo_initial:.4g} → {target:.4g} in {ddpo_budget} samples) within {limit:g} samples "
+            out.append(f"- {task} — claim: a gradient method reaches DDPO's final reward {_g(target, 4)} (DDPO: "
+                       f"{_g(ddpo_initial, 4)} → {_g(target, 4)} in {ddpo_budget} samples) within {limit:g} samples "
                        f"(10× fewer). Measured: " + ", ".join(f"{m} {v[1]}" for m, v in reached.items()) +
                        f". Verdict: {verdict}.")
             tally.append((CLAIM_SAMPLE_EFFICIENCY, task, verdict))
@@ -481,10 +496,10 @@ def claims(cells: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
             d, h = _gain(tc, "draft-1")
             if not _improved(d, h):  # reaching a final at or below the start says nothing of speed
                 verdict = f"not testable: DRaFT-1 did not improve on its initial reward ({_change(d, h)})"
-            out.append(f"- {task} — claim: DRaFT-LV reaches DRaFT-1's final reward {finals['draft-1']:.4g} "
+            out.append(f"- {task} — claim: DRaFT-LV reaches DRaFT-1's final reward {_g(finals['draft-1'], 4)} "
                        f"(at {b1} samples) with fewer samples than {b1}. Measured: DRaFT-LV "
                        f"{_reach(grid, mean, finals['draft-1'], budget_of(tc, 'draft-lv'))}"
-                       f"{' samples' if math.isfinite(s) else ''} (final {finals['draft-lv']:.4g}). "
+                       f"{' samples' if math.isfinite(s) else ''} (final {_g(finals['draft-lv'], 4)}). "
                        f"Verdict: {verdict}.")
             tally.append((CLAIM_LV, task, verdict))
     # the truncated variants: DRaFT-K/-1 (the last K steps) and AlignProp (a random cutoff: its paper's remedy for the
@@ -587,16 +602,16 @@ def _overoptimisation(task: str, ga: pd.DataFrame, curves: pd.DataFrame, init_co
         p0, p1 = g["reward_initial"].mean(), g["reward_final"].mean()
         g0, g1 = g[init_col].mean(), g[gold_col].mean()
         line = (f"- over-optimisation, {task}, {m} — claim: the proxy reward rises while the gold one falls; rule: "
-                f"proxy final > initial and gold final < initial. Measured: proxy {p0:.4g} → {p1:.4g}, gold "
-                f"{g0:.4g} → {g1:.4g}")
+                f"proxy final > initial and gold final < initial. Measured: proxy {_g(p0, 4)} → {_g(p1, 4)}, gold "
+                f"{_g(g0, 4)} → {_g(g1, 4)}")
         grid, gold = _mean_curve(ga, curves, m, gold_curve)
         peak_line = None
         if len(grid) > 2 and np.isfinite(gold).any():
             peak = int(np.nanargmax(gold))
             _, proxy = _mean_curve(ga, curves, m)
-            line += f"; gold peaks at {gold[peak]:.4g} after {int(grid[peak])} samples" + (
-                f", then falls by {gold[peak] - gold[-1]:.3g} while the proxy changes by "
-                f"{proxy[-1] - proxy[peak]:+.3g}" if peak < len(grid) - 1 else " (the last evaluation)")
+            line += f"; gold peaks at {_g(gold[peak], 4)} after {int(grid[peak])} samples" + (
+                f", then falls by {_g(gold[peak] - gold[-1], 3)} while the proxy changes by "
+                f"{_g(proxy[-1] - proxy[peak], 3, sign=True)}" if peak < len(grid) - 1 else " (the last evaluation)")
             peak_line = _gold_peak_then_fall(task, m, g, ga, curves, grid, gold, proxy, peak, gold_curve, tally)
         verdict = "holds" if p1 > p0 and g1 < g0 else "does not hold"
         line += f". Verdict: {verdict}."
@@ -623,9 +638,10 @@ def _gold_peak_then_fall(task: str, m: str, g: pd.DataFrame, ga: pd.DataFrame, c
     tally.append((CLAIM_PEAK_THEN_FALL, f"{task} {m}", verdict))
     return (f"- over-optimisation after a peak, {task}, {m} — claim: the gold peaks, then falls while the proxy "
             f"goes on rising; rule: after the gold's peak (not the last evaluation) the gold falls by more than its "
-            f"95% interval at the peak and the proxy ends above its value there. Measured: gold peak {gold[peak]:.4g} "
-            f"at {int(grid[peak])} of {int(grid[-1])} samples, fall {fall:.3g} (interval ± {half:.3g} over {n:.0f} "
-            f"images), proxy {rise:+.3g} after the peak. Verdict: {verdict}.")
+            f"95% interval at the peak and the proxy ends above its value there. Measured: gold peak "
+            f"{_g(gold[peak], 4)} at {int(grid[peak])} of {int(grid[-1])} samples, fall {_g(fall, 3)} (interval "
+            f"± {_g(half, 3)} over {n:.0f} images), proxy {_g(rise, 3, sign=True)} after the peak. "
+            f"Verdict: {verdict}.")
 
 
 def build(out_dir: str | Path, plots: bool = True) -> str:

@@ -250,6 +250,21 @@ def test_committed_leaderboards_equal_their_rebuild(directory):
         f"stale: python -m bench leaderboard {directory.relative_to(ROOT)}"
 
 
+def test_tables_print_numbers_in_positional_notation():
+    """A reader skims past ``-4.62e-06 ± 2e-05``; the same significant digits print as positional decimals."""
+    import re
+
+    from bench.leaderboard import _change, _fmt, _pm
+
+    assert _change(-4.62e-06, 2e-05) == "Δ -0.000005 ± 0.00002" and _change(-3.39e-05, 0.018) == "Δ 0 ± 0.018"
+    assert _change(0.1234, 0.0456) == "Δ +0.123 ± 0.046" and _change(0.1234, 0.456) == "Δ +0.12 ± 0.46"
+    assert _change(0.5, 0.05) == "Δ +0.5 ± 0.05" and _change(-0.2, float("nan")) == "Δ -0.2"
+    assert _pm(0.0008344, 0.000123, 3) == "0.0008344 ± 0.00012" and _fmt(12345.6) == "12350"
+    scientific = re.compile(r"\d(\.\d+)?e[+-]\d\d")
+    for directory in COMMITTED:
+        assert not scientific.search((directory / "leaderboard.md").read_text()), directory
+
+
 def test_there_are_committed_leaderboards():
     assert {"quick", "paper"} <= {p.name for p in COMMITTED}
 
