@@ -204,6 +204,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_memory_over_processes(device: torch.device, shard: Shard = SINGLE) -> float:
+    """``peak_memory_mb`` of the busiest process of a data-parallel cell (a collective: every rank calls it); the
+    memory a GPU of the cell must hold, which rank 0's alone understates when the ranks' loads differ."""
+    return max(float(v) for v in shard.gather_objects(peak_memory_mb(device)))
+
+
 class Evaluator:
     """Fixed prompts × fixed initial noise, deterministic DDIM (eta = 0), no gradient; scores every eval reward.
 
@@ -587,7 +593,7 @@ def run_cell(spec: CellSpec, on_progress: Callable[[dict[str, Any]], None] | Non
         "diversity_final": diversity.get("last", diversity.get("first", math.nan)),
         "diversity_embedding": embedding_name,
         "reward_auc": area_under_curve(samples, [p[f"{headline}_mean"] for p in curve]),
-        "peak_mem_mb": round(peak_memory_mb(backbone.device), 1),
+        "peak_mem_mb": round(peak_memory_over_processes(backbone.device, shard), 1),
         "samples_per_s": samples_per_s,
         "flops_per_sample": flops_per_sample,
         "mfu": flops_per_sample * samples_per_s / peak if (peak := peak_flops(backbone.device, spec.dtype)) else math.nan,

@@ -152,3 +152,16 @@ def test_a_data_parallel_cell_preempted_then_crashed_then_resumed(tmp_path):
     assert len(rows) == 1 and done.stdout.count(" ok: ") == 1
     row = rows.iloc[-1]
     assert row["status"] == "ok" and row["processes"] == 2 and "resumed at" in row["message"], row["message"]
+
+
+def test_a_data_parallel_cell_reports_the_busiest_process_s_memory(monkeypatch):
+    """The row's peak memory is the maximum over the ranks (rank 0's alone understates a cell whose ranks differ)."""
+    from bench import cell
+
+    class TwoRanks(Shard):
+        def gather_objects(self, obj):
+            return [obj, obj * 3.0]  # rank 1 peaks at three times rank 0's
+
+    monkeypatch.setattr(cell, "peak_memory_mb", lambda device: 100.0)
+    assert cell.peak_memory_over_processes(torch.device("cpu"), TwoRanks(rank=0, world=2)) == 300.0
+    assert cell.peak_memory_over_processes(torch.device("cpu")) == 100.0  # one process: its own
