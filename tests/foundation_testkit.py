@@ -44,3 +44,25 @@ def record_unet_calls(backbone):
 
     backbone.predict_noise = wrapped
     return calls
+
+
+def perturb_trainable(backbone, scale: float = 0.05) -> None:
+    """Add noise to every trainable (LoRA) parameter: peft's init leaves B = 0, so a LoRA saved as initialised
+    would change nothing and a round trip through a pipeline could not fail."""
+    with torch.no_grad():
+        for p in backbone.trainable_parameters():
+            p.add_(scale * torch.randn_like(p))
+
+
+def assert_a_step_trains(backbone, method: str, prompts, guidance_scale: float, **kw) -> None:
+    """One ``method`` step on ``backbone`` (3 sampling steps, the JPEG surrogate reward) counts its samples, has a
+    finite gradient and changes the trainable weights."""
+    import methods
+    import rewards
+
+    m = methods.create(method, backbone, rewards.create("jpeg-compressibility-surrogate"), num_steps=3,
+                       guidance_scale=guidance_scale, **kw)
+    before = [p.detach().clone() for p in backbone.trainable_parameters()]
+    out = m.step(prompts)
+    assert out["samples"] >= len(prompts) and torch.isfinite(torch.tensor(out["grad_norm"]))
+    assert any(not torch.equal(a, p) for a, p in zip(before, backbone.trainable_parameters())), "nothing was trained"

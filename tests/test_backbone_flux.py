@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench import backbones, catalog
+from foundation_testkit import assert_a_step_trains, perturb_trainable
 from methods.sampling import FlowSchedule, sample, schedule_for
 
 PROMPTS = ["a red circle on a blue square", "a green triangle"]
@@ -85,9 +86,7 @@ def test_flux_lora_loads_into_a_vanilla_flux_pipeline_with_identical_output(tmp_
     from safetensors.torch import load_file
 
     tuned = backbones.create("tiny-flux", seed=0, lora_rank=4)
-    with torch.no_grad():  # peft's gaussian init leaves B = 0: make the LoRA change something
-        for p in tuned.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb_trainable(tuned)
     noise = torch.randn(tuned.latent_shape(2), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = tuned.decode(sample(tuned, tuned.encode_prompts(PROMPTS), noise, num_steps=3,
@@ -114,17 +113,8 @@ _FAST = ("draft-lv", "flow-grpo", "diffusion-nft")
 def test_every_method_takes_a_step_on_tiny_flux(method):
     """Every method trains the FLUX transformer's LoRA on the flow sampler (the likelihood-ratio ones through the flow
     SDE's log-prob; diffusion-nft on the forward process)."""
-    import methods
-    import rewards
-
-    bb = backbones.create("tiny-flux", seed=0, lora_rank=4)
-    reward = rewards.create("jpeg-compressibility-surrogate")
     extra = {"group_size": 2} if method in ("grpo", "flow-grpo", "diffusion-nft") else {}
-    m = methods.create(method, bb, reward, num_steps=3, guidance_scale=3.5, **extra)
-    before = [p.detach().clone() for p in bb.trainable_parameters()]
-    out = m.step(PROMPTS)
-    assert out["samples"] >= 2 and torch.isfinite(torch.tensor(out["grad_norm"]))
-    assert any(not torch.equal(a, p) for a, p in zip(before, bb.trainable_parameters())), "nothing was trained"
+    assert_a_step_trains(backbones.create("tiny-flux", seed=0, lora_rank=4), method, PROMPTS, 3.5, **extra)
 
 
 def test_export_backbone_writes_a_flux_pipeline_that_flux_dev_backbone_path_reads(tmp_path, flux):

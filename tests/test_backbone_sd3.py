@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from bench import backbones, catalog
+from foundation_testkit import assert_a_step_trains, perturb_trainable
 from methods.sampling import FlowSchedule, sample
 
 PROMPTS = ["a red circle on a blue square", "a green triangle"]
@@ -70,9 +71,7 @@ def test_sd3_lora_loads_into_a_vanilla_sd3_pipeline_with_identical_output(tmp_pa
     from safetensors.torch import load_file
 
     tuned = backbones.create("tiny-sd3", seed=0, lora_rank=4)
-    with torch.no_grad():  # peft's gaussian init leaves B = 0: make the LoRA change something
-        for p in tuned.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb_trainable(tuned)
     noise = torch.randn(tuned.latent_shape(2), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = sample(tuned, tuned.encode_prompts(PROMPTS), noise, num_steps=3, guidance_scale=4.5).latents
@@ -94,15 +93,7 @@ def test_sd3_lora_loads_into_a_vanilla_sd3_pipeline_with_identical_output(tmp_pa
 def test_every_method_takes_a_step_on_tiny_sd3(method):
     """The step plan keeps its meaning on the flow sampler: each method trains the MMDiT's LoRA (DDPO through the
     flow SDE's log-prob)."""
-    import methods
-    import rewards
-
-    bb = backbones.create("tiny-sd3", seed=0, lora_rank=4)
-    m = methods.create(method, bb, rewards.create("jpeg-compressibility-surrogate"), num_steps=3, guidance_scale=4.5)
-    before = [p.detach().clone() for p in bb.trainable_parameters()]
-    out = m.step(PROMPTS)
-    assert out["samples"] == 2 and torch.isfinite(torch.tensor(out["grad_norm"]))
-    assert any(not torch.equal(a, p) for a, p in zip(before, bb.trainable_parameters())), "nothing was trained"
+    assert_a_step_trains(backbones.create("tiny-sd3", seed=0, lora_rank=4), method, PROMPTS, 4.5)
 
 
 def test_export_backbone_writes_an_sd3_pipeline_that_sd35m_backbone_path_reads(tmp_path, sd3):

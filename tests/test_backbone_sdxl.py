@@ -7,6 +7,7 @@ import torch
 
 from bench import backbones, catalog
 from bench.cli import main
+from foundation_testkit import assert_a_step_trains, perturb_trainable
 from methods.sampling import sample
 
 PROMPTS = ["a red circle on a blue square", "a green triangle"]
@@ -48,9 +49,7 @@ def test_sdxl_lora_loads_into_a_vanilla_sdxl_pipeline_with_identical_output(tmp_
     """save_lora on tiny-xl writes the diffusers SDXL LoRA file; StableDiffusionXLPipeline.load_lora_weights on a
     fresh pipeline of the same base weights reproduces the project's sampling to 1e-4."""
     tuned_bb = backbones.create("tiny-xl", seed=0, lora_rank=4)
-    with torch.no_grad():  # a LoRA that changes something (peft's gaussian init leaves B = 0)
-        for p in tuned_bb.trainable_parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    perturb_trainable(tuned_bb)
     noise = torch.randn(tuned_bb.latent_shape(2), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ours = sample(tuned_bb, tuned_bb.encode_prompts(PROMPTS), noise, num_steps=3, guidance_scale=5.0).latents
@@ -69,15 +68,7 @@ def test_sdxl_lora_loads_into_a_vanilla_sdxl_pipeline_with_identical_output(tmp_
 @pytest.mark.parametrize("method", ["ddpo", "refl", "draft", "draft-k", "draft-1", "draft-lv", "alignprop", "drtune"])
 def test_every_method_takes_a_step_on_tiny_xl(method):
     """The conditioning is opaque to the methods: each trains the SDXL-shaped UNet's LoRA through the same sampler."""
-    import methods
-    import rewards
-
-    bb = backbones.create("tiny-xl", seed=0, lora_rank=4)
-    m = methods.create(method, bb, rewards.create("jpeg-compressibility-surrogate"), num_steps=3, guidance_scale=5.0)
-    before = [p.detach().clone() for p in bb.trainable_parameters()]
-    out = m.step(PROMPTS)
-    assert out["samples"] == 2 and torch.isfinite(torch.tensor(out["grad_norm"]))
-    assert any(not torch.equal(a, p) for a, p in zip(before, bb.trainable_parameters())), "nothing was trained"
+    assert_a_step_trains(backbones.create("tiny-xl", seed=0, lora_rank=4), method, PROMPTS, 5.0)
 
 
 def test_export_backbone_writes_an_sdxl_pipeline_that_sdxl_backbone_path_reads(tmp_path, capsys):
