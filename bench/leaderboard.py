@@ -35,6 +35,11 @@ def _g(x: float, digits: int = 4, sign: bool = False) -> str:
     return ("+" + text if sign and not text.startswith("-") else text)
 
 
+def _loads(loads) -> str:
+    """``os.getloadavg()``'s 1, 5 and 15 minute averages as a reader wants them: ``1.88, 1.95, 2.01``."""
+    return ", ".join(f"{float(v):.2f}" for v in loads) if isinstance(loads, (list, tuple)) else str(loads)
+
+
 def _fmt(x: float, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "–"
@@ -308,7 +313,7 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
                   f"- budget: {info.get('budget')} training samples per cell, batch {info.get('batch_size')}, "
                   f"evaluation every {info.get('eval_every')} samples on fixed held-out prompts × "
                   f"{info.get('eval_images_per_prompt')} fixed noises (DDIM, eta 0), seeds {info.get('seeds')}",
-                  f"- machine: {info.get('machine')}; load average at the end {info.get('load_average')}",
+                  f"- machine: {info.get('machine')}; load average at the end {_loads(info.get('load_average'))}",
                   f"- command: `{info.get('command')}`",
                   f"- started {info.get('started')}, " + (
                       f"interrupted after {info.get('wall_s')} s (the same command resumes it)"

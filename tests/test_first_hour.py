@@ -254,12 +254,13 @@ def test_tables_print_numbers_in_positional_notation():
     """A reader skims past ``-4.62e-06 ± 2e-05``; the same significant digits print as positional decimals."""
     import re
 
-    from bench.leaderboard import _change, _fmt, _pm
+    from bench.leaderboard import _change, _fmt, _loads, _pm
 
     assert _change(-4.62e-06, 2e-05) == "Δ -0.000005 ± 0.00002" and _change(-3.39e-05, 0.018) == "Δ 0 ± 0.018"
     assert _change(0.1234, 0.0456) == "Δ +0.123 ± 0.046" and _change(0.1234, 0.456) == "Δ +0.12 ± 0.46"
     assert _change(0.5, 0.05) == "Δ +0.5 ± 0.05" and _change(-0.2, float("nan")) == "Δ -0.2"
     assert _pm(0.0008344, 0.000123, 3) == "0.0008344 ± 0.00012" and _fmt(12345.6) == "12350"
+    assert _loads([3.0751953125, 3.02880859375, 2.98828125]) == "3.08, 3.03, 2.99"  # os.getloadavg()'s float noise
     scientific = re.compile(r"\d(\.\d+)?e[+-]\d\d")
     for directory in COMMITTED:
         assert not scientific.search((directory / "leaderboard.md").read_text()), directory
