@@ -5,7 +5,9 @@ only has to lighten the grey background). Prints the training reward per epoch o
     python scripts/easy_reward_check.py draft-1 --lr 1e-3                     # the pathwise gradient, same samples
 
 Measured (README, "Science on the testbed"): DRaFT-1 4.85 -> 8.51 in 192 samples; DDPO 4.73 -> 4.75 (clip range
-1e-4) and -> 4.78 (clip range 1: no trust region).
+1e-4) and -> 4.78 (clip range 1: no trust region). Given 2,048 samples (``ddpo --epochs 64``, 31 min on a shared
+core), DDPO rises steadily but slowly: mean of each 256 samples 4.742, 4.759, 4.769, 4.783, 4.803, 4.835, 4.851,
+4.874; DRaFT-1 passes DDPO's last 256 samples' mean (4.874) at its second epoch (64 samples: 5.056), 32x fewer.
 """
 from __future__ import annotations
 
