@@ -291,7 +291,7 @@ def at_a_glance(summaries: dict[str, pd.DataFrame]) -> list[str]:
     return out + [""]
 
 
-def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dict) -> str:
+def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dict, superseded: int = 0) -> str:
     lines = [f"# Leaderboard: {info.get('preset', out_dir.name)}", ""]
     if info.get("merged_from") is not None:  # `bench merge`: what the shards agree on, then each shard's run
         if "preset" in info:
@@ -327,6 +327,11 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
                 for h in earlier))
         for note in info.get("notes", []):
             lines.append(f"- note: {note}")
+    if superseded:
+        lines.append(f"- {superseded} earlier row{'s' if superseded > 1 else ''} left out: a later run of the same "
+                     f"backbone, method, task and seed (other weights or settings) replaces "
+                     f"{'each' if superseded > 1 else 'it'} in these tables; `cells.csv` keeps "
+                     f"{'them' if superseded > 1 else 'it'}")
     versions = cells["versions"].dropna().unique().tolist() if "versions" in cells else []
     codes = cells["code_version"].dropna().unique().tolist() if "code_version" in cells else []
     devices = cells["device"].dropna().unique().tolist() if "device" in cells else []
@@ -666,10 +671,25 @@ def render(out_dir: str | Path) -> str:
     return _render(Path(out_dir))[0]
 
 
+#: what makes two rows the same cell for the tables: a rerun of it under other weights or settings (a retrained
+#: testbed puts its fingerprint in the cell id, so the rerun is a new row) supersedes the earlier row
+CELL_KEY = ("backbone", "method", "task", "seed")
+
+
+def latest_per_cell(cells: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per backbone, method, task and seed, the last written (rows are appended in the order runs finish),
+    and how many earlier rows it left out: they stay in ``cells.csv`` but must not count as further seeds."""
+    if cells.empty or not all(k in cells for k in CELL_KEY):
+        return cells, 0
+    keep = ~cells.duplicated(list(CELL_KEY), keep="last")
+    return cells[keep].reset_index(drop=True), int((~keep).sum())
+
+
 def _render(out_dir: Path):
     cells = read_csv(out_dir / "cells.csv")
     if cells.empty:
         raise FileNotFoundError(f"no cells in {out_dir / 'cells.csv'}")
+    cells, superseded = latest_per_cell(cells)
     curves = read_csv(out_dir / "curves.csv")
     info_path = out_dir / "run_info.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {}
@@ -679,7 +699,7 @@ def _render(out_dir: Path):
         if col not in cells:
             cells[col] = math.nan
     cells = split_backbones(cells)
-    return markdown(out_dir, cells, curves, info), cells, curves
+    return markdown(out_dir, cells, curves, info, superseded=superseded), cells, curves
 
 
 def main(argv: Sequence[str] | None = None) -> int:
