@@ -329,7 +329,7 @@ def markdown(out_dir: Path, cells: pd.DataFrame, curves: pd.DataFrame, info: dic
             lines.append(f"- note: {note}")
     if superseded:
         lines.append(f"- {superseded} earlier row{'s' if superseded > 1 else ''} left out: a later run of the same "
-                     f"backbone, method, task and seed (other weights or settings) replaces "
+                     f"backbone, method, task, seed, budget and protocol (other weights or settings) replaces "
                      f"{'each' if superseded > 1 else 'it'} in these tables; `cells.csv` keeps "
                      f"{'them' if superseded > 1 else 'it'}")
     versions = cells["versions"].dropna().unique().tolist() if "versions" in cells else []
@@ -671,17 +671,20 @@ def render(out_dir: str | Path) -> str:
     return _render(Path(out_dir))[0]
 
 
-#: what makes two rows the same cell for the tables: a rerun of it under other weights or settings (a retrained
-#: testbed puts its fingerprint in the cell id, so the rerun is a new row) supersedes the earlier row
-CELL_KEY = ("backbone", "method", "task", "seed")
+#: what makes two rows the same cell for the tables (budget and protocol: a directory may rank several of each
+#: side by side): a rerun of it under other weights or settings (a retrained testbed puts its fingerprint in the cell
+#: id, so the rerun is a new row) supersedes the earlier row
+CELL_KEY = ("backbone", "method", "task", "seed", "budget", "protocol")
 
 
 def latest_per_cell(cells: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """One row per backbone, method, task and seed, the last written (rows are appended in the order runs finish),
-    and how many earlier rows it left out: they stay in ``cells.csv`` but must not count as further seeds."""
-    if cells.empty or not all(k in cells for k in CELL_KEY):
+    """One row per backbone, method, task, seed, budget and protocol, the last written (rows are appended in the
+    order runs finish), and how many earlier rows it left out: they stay in ``cells.csv`` but must not count as
+    further seeds."""
+    key = [k for k in CELL_KEY if k in cells]
+    if cells.empty or not set(CELL_KEY[:4]) <= set(key):
         return cells, 0
-    keep = ~cells.duplicated(list(CELL_KEY), keep="last")
+    keep = ~cells.astype({k: str for k in key})[key].duplicated(keep="last")  # NaN budgets compare as text
     return cells[keep].reset_index(drop=True), int((~keep).sum())
 
 

@@ -495,11 +495,11 @@ def test_each_claim_is_summarised_across_the_tasks_that_could_test_it():
 
 def test_a_rerun_under_other_weights_supersedes_the_earlier_row_instead_of_counting_as_a_seed(tmp_path):
     """A retrained testbed reruns every cell under new ids (the fingerprint is in the id): the tables use the last
-    row of each backbone, method, task and seed, and the header says how many earlier rows they left out."""
+    row of each backbone, method, task, seed, budget and protocol, and the header says how many earlier rows they left out."""
     stale = dict(method="m", seed=0, final=9.0, half=0.01, gold=5.0, gold_half=0.01)  # the old weights' seed 0
     rows = _hacking_board(tmp_path, [stale] + [dict(method="m", seed=s, final=f, half=0.01, gold=5.0, gold_half=0.01)
                                                for s, f in enumerate([2.0, 2.2, 2.1])])
     assert "| 2.1 ± " in rows["m"] and "| 3 | 8 |" in rows["m"], rows["m"]  # three seeds, mean 2.1: not 3.8 over 4
     text = (tmp_path / "leaderboard.md").read_text()
-    assert "- 1 earlier row left out: a later run of the same backbone, method, task and seed" in text
+    assert "- 1 earlier row left out: a later run of the same backbone, method, task, seed, budget and protocol" in text
     assert len(pd.read_csv(tmp_path / "cells.csv")) == 4  # the file keeps it
