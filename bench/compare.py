@@ -27,7 +27,7 @@ from typing import Sequence
 import pandas as pd
 
 from bench.args import Parser, UsageError, examples
-from bench.results import read_csv
+from bench.results import positional, read_csv
 
 KEY = ["backbone", "method", "task", "seed", "protocol", "budget"]
 NEEDED = KEY + ["status", "reward_final"]
@@ -83,8 +83,9 @@ def compare(base: pd.DataFrame, new: pd.DataFrame, *, gain_fraction: float = 0.2
             entry.update(delta=-drop, allowed_drop=allowed)
             if not math.isfinite(drop) or drop > allowed:
                 verdicts.append("reward drop")
-                regressions.append(f"{name}: final reward {b['reward_final']:.5g} -> {n['reward_final']:.5g} "
-                                   f"(drop {drop:.3g} > allowed {allowed:.3g}: {gain_fraction:g} of the base gain, "
+                regressions.append(f"{name}: final reward {positional(b['reward_final'], 5)} -> "
+                                   f"{positional(n['reward_final'], 5)} (drop {positional(drop, 3)} > allowed "
+                                   f"{positional(allowed, 3)}: {gain_fraction:g} of the base gain, "
                                    f"or {rel_floor:g} of the base reward)")
             mb, mn = float(b["peak_mem_mb"]), float(n["peak_mem_mb"])
             entry.update(mem_base=mb, mem_new=mn)
@@ -122,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 memory_tolerance=args.memory_tolerance)
 
     def f(x, d=5):
-        return f"{x:.{d}g}" if isinstance(x, float) and math.isfinite(x) else ("–" if x is None or (
+        return positional(x, d) if isinstance(x, float) and math.isfinite(x) else ("–" if x is None or (
             isinstance(x, float)) else str(x))
 
     print(f"{'cell':<60} {'base':>10} {'new':>10} {'delta':>10} {'allowed':>9} {'mem MB':>15}  verdict")

@@ -22,17 +22,7 @@ import pandas as pd
 
 from bench import metrics
 from bench.args import Parser, UsageError, examples
-from bench.results import read_csv, write_atomic
-
-
-def _g(x: float, digits: int = 4, sign: bool = False) -> str:
-    """``x`` to ``digits`` significant digits in positional notation (``-0.0000462``, ``12350``), never the
-    scientific notation of ``:g`` (``-4.62e-05``), which a reader of a table skims past; trailing zeros dropped."""
-    x = float(x)
-    if not math.isfinite(x) or (x != 0 and (abs(x) < 1e-6 or abs(x) >= 1e12)):
-        return f"{x:{'+' if sign else ''}.{digits}g}"
-    text = np.format_float_positional(x, precision=digits, unique=True, fractional=False, trim="-")
-    return ("+" + text if sign and not text.startswith("-") else text)
+from bench.results import positional as _g, read_csv, write_atomic
 
 
 def _loads(loads) -> str:

@@ -7,12 +7,24 @@ it and ``os.replace``s it over the original (atomic on POSIX).
 from __future__ import annotations
 
 import fcntl
+import math
 import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import pandas as pd
+
+
+def positional(x: float, digits: int = 4, sign: bool = False) -> str:
+    """``x`` to ``digits`` significant digits in positional notation (``-0.0000462``, ``12350``), never the
+    scientific notation of ``:g`` (``-4.62e-05``), which a reader of a table skims past; trailing zeros dropped."""
+    x = float(x)
+    if not math.isfinite(x) or (x != 0 and (abs(x) < 1e-6 or abs(x) >= 1e12)):
+        return f"{x:{'+' if sign else ''}.{digits}g}"
+    text = np.format_float_positional(x, precision=digits, unique=True, fractional=False, trim="-")
+    return ("+" + text if sign and not text.startswith("-") else text)
 
 
 @contextmanager

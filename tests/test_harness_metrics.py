@@ -72,6 +72,24 @@ def test_compare_floor_for_cells_that_barely_learn(tmp_path):
     assert main(["compare", str(base), str(after)]) == 1
 
 
+def test_compare_prints_changes_in_positional_notation(tmp_path, capsys):
+    """The console table and the regression lines print a tiny drift as ``-0.00000286``, not ``-2.86e-06``."""
+    import re
+
+    from bench.cli import main
+
+    base, after = tmp_path / "base.csv", tmp_path / "new.csv"
+    _cells(reward_initial=4.1, reward_final=4.1).to_csv(base, index=False)
+    _cells(reward_initial=4.1, reward_final=4.1 - 2.86e-06).to_csv(after, index=False)
+    assert main(["compare", str(base), str(after)]) == 0
+    _cells(reward_initial=0.0005, reward_final=0.00003).to_csv(after, index=False)
+    _cells(reward_initial=0.0001, reward_final=0.00009).to_csv(base, index=False)
+    assert main(["compare", str(base), str(after)]) == 1
+    out = capsys.readouterr().out
+    assert "-0.00000286" in out and "drop 0.00006 >" in out, out
+    assert not re.search(r"\d(\.\d+)?e[+-]\d\d", out), out
+
+
 def test_compare_flags_a_missing_cell_and_rejects_a_non_cells_file(tmp_path, capsys):
     from bench.cli import main
 
