@@ -547,6 +547,9 @@ def cmd_export(args) -> int:
     for tok in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         if (tmp / tok / "tokenizer.json").exists() and type(getattr(bb, tok, None)).__name__.startswith("CLIP"):
             backbones.write_slow_tokenizer_files(tmp / tok)
+    t5 = getattr(bb, "T5_TOKENIZER", None)
+    if t5 and (tmp / t5 / "tokenizer_config.json").exists():  # the model's own T5 length (tiny models: 32 tokens)
+        backbones.record_t5_sequence_length(tmp / t5, bb.max_sequence_length)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

@@ -125,7 +125,7 @@ def test_export_backbone_writes_a_flux_pipeline_that_flux_dev_backbone_path_read
     assert main(["export-backbone", "tiny-flux", str(tmp_path / "flux")]) == 0
     assert {p.name for p in (tmp_path / "flux").iterdir()} >= set(catalog.LAYOUT["flux"]) | {"model_index.json"}
     back = backbones.create("flux-dev", path=str(tmp_path / "flux"), lora_rank=None)
-    back.max_sequence_length = flux.max_sequence_length
+    assert back.max_sequence_length == flux.max_sequence_length  # recorded by the export
     noise = torch.randn(flux.latent_shape(2), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         a = sample(flux, flux.encode_prompts(PROMPTS), noise, num_steps=3, guidance_scale=3.5).latents

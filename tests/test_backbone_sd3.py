@@ -106,9 +106,22 @@ def test_export_backbone_writes_an_sd3_pipeline_that_sd35m_backbone_path_reads(t
                                                               "text_encoder_3", "tokenizer_3", "scheduler",
                                                               "model_index.json"}
     back = backbones.create("sd35m", path=str(tmp_path / "sd3"), lora_rank=None)
-    back.max_sequence_length = sd3.max_sequence_length
+    assert back.max_sequence_length == sd3.max_sequence_length  # recorded by the export
     noise = torch.randn(sd3.latent_shape(2), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         a = sample(sd3, sd3.encode_prompts(PROMPTS), noise, num_steps=3, guidance_scale=4.5).latents
         b = sample(back, back.encode_prompts(PROMPTS), noise, num_steps=3, guidance_scale=4.5).latents
     assert torch.equal(a, b)
+
+
+def test_a_checkpoint_s_t5_length_is_the_pipeline_default_unless_its_tokenizer_is_shorter():
+    """Real checkpoints keep the pipelines' defaults (SD3 256 tokens, FLUX 512: their T5 tokenizers say 512, or
+    transformers' 'no limit'); a tiny model exported with 32 tokens reads back 32."""
+    from types import SimpleNamespace
+
+    from bench.backbones import flux as flux_module, sd3 as sd3_module, t5_sequence_length
+
+    t5 = SimpleNamespace(model_max_length=512)
+    assert t5_sequence_length(t5, sd3_module.T5_TOKENS) == 256 and t5_sequence_length(t5, flux_module.T5_TOKENS) == 512
+    assert t5_sequence_length(SimpleNamespace(model_max_length=int(1e30)), 256) == 256
+    assert t5_sequence_length(SimpleNamespace(model_max_length=32), 256) == 32 and t5_sequence_length(None, 512) == 512

@@ -265,6 +265,23 @@ def write_slow_tokenizer_files(directory: str | os.PathLike) -> None:
     (d / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges))
 
 
+def t5_sequence_length(tokenizer, default: int) -> int:
+    """T5 tokens per prompt for a checkpoint: the pipeline's default (SD3 256, FLUX 512), or the T5 tokenizer's
+    ``model_max_length`` where that is shorter (``export-backbone`` records a small model's own length there, so a
+    tiny model read back through ``--backbone-path`` encodes prompts as it did before)."""
+    n = getattr(tokenizer, "model_max_length", None)
+    return min(default, int(n)) if isinstance(n, int) and n > 0 else default
+
+
+def record_t5_sequence_length(directory: str | os.PathLike, length: int) -> None:
+    """Write ``length`` as the ``model_max_length`` of the tokenizer saved in ``directory``
+    (``tokenizer_config.json``), which ``t5_sequence_length`` reads back."""
+    path = Path(directory) / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["model_max_length"] = int(length)
+    path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
 # ----------------------------------------------------------------------------------------------------- builders
 @contextlib.contextmanager
 def seeded_build(seed: int, dtype: str | torch.dtype = torch.float32):

@@ -24,14 +24,19 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from bench.backbones import CONFIG_DIR, HUB_IDS, BackboneError, Conditioning, part_loader, register
+from bench.backbones import (CONFIG_DIR, HUB_IDS, BackboneError, Conditioning, part_loader, register,
+                             t5_sequence_length)
 from bench.backbones.sd3 import TransformerBackbone, flow_scheduler
 from bench.catalog import path_env
 
+T5_TOKENS = 512  # FluxPipeline's default max_sequence_length
+
 
 class FluxBackbone(TransformerBackbone):
+    T5_TOKENIZER = "tokenizer_2"  # where a saved pipeline keeps T5's tokenizer
+
     def __init__(self, transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, scheduler, vae, *,
-                 max_sequence_length: int = 512, **kw):
+                 max_sequence_length: int = T5_TOKENS, **kw):
         if text_encoder_2 is None or tokenizer_2 is None:
             raise BackboneError("a FLUX backbone needs its T5 encoder and tokenizer (text_encoder_2/, tokenizer_2/)")
         self._vae_sample_size = vae.config.sample_size
@@ -121,7 +126,7 @@ class FluxBackbone(TransformerBackbone):
 
 
 def from_config_dir(config_dir: str | Path, *, seed: int = 0, name: str | None = None,
-                    max_sequence_length: int = 512, **kw) -> FluxBackbone:
+                    max_sequence_length: int = T5_TOKENS, **kw) -> FluxBackbone:
     """The FLUX architecture in ``config_dir`` (``transformer.json``, ``vae.json``, ``text_encoder.json`` (CLIP-L),
     ``text_encoder_2.json`` (T5), ``scheduler.json``) with random weights drawn from ``seed``, built in the frozen
     dtype; character-level tokenizers."""
@@ -151,9 +156,10 @@ def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str |
     from transformers import AutoTokenizer, CLIPTextModel, CLIPTokenizer, T5EncoderModel
 
     part = part_loader(path_or_id, revision=revision, name=name)
+    tokenizer_2 = part(AutoTokenizer, "tokenizer_2")
+    kw.setdefault("max_sequence_length", t5_sequence_length(tokenizer_2, T5_TOKENS))
     return FluxBackbone(part(FluxTransformer2DModel, "transformer"), part(CLIPTextModel, "text_encoder"),
-                        part(CLIPTokenizer, "tokenizer"), part(T5EncoderModel, "text_encoder_2"),
-                        part(AutoTokenizer, "tokenizer_2"),
+                        part(CLIPTokenizer, "tokenizer"), part(T5EncoderModel, "text_encoder_2"), tokenizer_2,
                         FlowMatchEulerDiscreteScheduler.from_config(part(FlowMatchEulerDiscreteScheduler,
                                                                          "scheduler").config),
                         part(AutoencoderKL, "vae"), name=name or str(path_or_id), **kw)

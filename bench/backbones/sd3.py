@@ -21,7 +21,10 @@ from typing import Sequence
 
 import torch
 
-from bench.backbones import CONFIG_DIR, HUB_IDS, BackboneError, Conditioning, DiffusersBackbone, part_loader, register
+from bench.backbones import (CONFIG_DIR, HUB_IDS, BackboneError, Conditioning, DiffusersBackbone, part_loader, register,
+                             t5_sequence_length)
+
+T5_TOKENS = 256  # StableDiffusion3Pipeline's default max_sequence_length
 
 MMDIT_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"]
 
@@ -48,9 +51,10 @@ class TransformerBackbone(DiffusersBackbone):
 
 
 class SD3Backbone(TransformerBackbone):
+    T5_TOKENIZER = "tokenizer_3"  # where a saved pipeline keeps T5's tokenizer
 
     def __init__(self, transformer, text_encoder, tokenizer, text_encoder_2, tokenizer_2, text_encoder_3, tokenizer_3,
-                 scheduler, vae, *, max_sequence_length: int = 256, **kw):
+                 scheduler, vae, *, max_sequence_length: int = T5_TOKENS, **kw):
         if text_encoder_2 is None or tokenizer_2 is None:
             raise BackboneError("an SD3 backbone needs both CLIP text encoders (text_encoder/, text_encoder_2/)")
         super().__init__(transformer, text_encoder, tokenizer, scheduler, vae, **kw)
@@ -128,7 +132,7 @@ def flow_scheduler(config: dict):
 
 
 def from_config_dir(config_dir: str | Path, *, seed: int = 0, name: str | None = None, t5: bool = True,
-                    max_sequence_length: int = 256, **kw) -> SD3Backbone:
+                    max_sequence_length: int = T5_TOKENS, **kw) -> SD3Backbone:
     """The SD3 architecture in ``config_dir`` (``transformer.json``, ``vae.json``, ``text_encoder.json``,
     ``text_encoder_2.json``, optional ``text_encoder_3.json`` (T5), ``scheduler.json``) with random weights drawn from
     ``seed``, built in the frozen dtype; character-level tokenizers (T5's too)."""
@@ -161,10 +165,12 @@ def from_pretrained(path_or_id: str, *, revision: str | None = None, name: str |
     from transformers import AutoTokenizer, CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel
 
     part = part_loader(path_or_id, revision=revision, name=name)
+    tokenizer_3 = part(AutoTokenizer, "tokenizer_3") if t5 else None
+    kw.setdefault("max_sequence_length", t5_sequence_length(tokenizer_3, T5_TOKENS))
     return SD3Backbone(part(SD3Transformer2DModel, "transformer"), part(CLIPTextModelWithProjection, "text_encoder"),
                        part(CLIPTokenizer, "tokenizer"), part(CLIPTextModelWithProjection, "text_encoder_2"),
                        part(CLIPTokenizer, "tokenizer_2"), part(T5EncoderModel, "text_encoder_3") if t5 else None,
-                       part(AutoTokenizer, "tokenizer_3") if t5 else None,
+                       tokenizer_3,
                        FlowMatchEulerDiscreteScheduler.from_config(part(FlowMatchEulerDiscreteScheduler,
                                                                         "scheduler").config),
                        part(AutoencoderKL, "vae"), name=name or str(path_or_id), **kw)
