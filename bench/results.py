@@ -20,7 +20,7 @@ import pandas as pd
 def positional(x: float, digits: int = 4, sign: bool = False) -> str:
     """``x`` to ``digits`` significant digits in positional notation (``-0.0000462``, ``12350``), never the
     scientific notation of ``:g`` (``-4.62e-05``), which a reader of a table skims past; trailing zeros dropped."""
-    x = float(x)
+    x = float(x) + 0.0  # -0.0 (an unchanged value's negated change) prints as 0
     if not math.isfinite(x) or (x != 0 and (abs(x) < 1e-6 or abs(x) >= 1e12)):
         return f"{x:{'+' if sign else ''}.{digits}g}"
     text = np.format_float_positional(x, precision=digits, unique=True, fractional=False, trim="-")

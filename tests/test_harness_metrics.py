@@ -82,12 +82,16 @@ def test_compare_prints_changes_in_positional_notation(tmp_path, capsys):
     _cells(reward_initial=4.1, reward_final=4.1).to_csv(base, index=False)
     _cells(reward_initial=4.1, reward_final=4.1 - 2.86e-06).to_csv(after, index=False)
     assert main(["compare", str(base), str(after)]) == 0
+    out = capsys.readouterr().out
+    assert main(["compare", str(base), str(base)]) == 0
+    same = capsys.readouterr().out
     _cells(reward_initial=0.0005, reward_final=0.00003).to_csv(after, index=False)
     _cells(reward_initial=0.0001, reward_final=0.00009).to_csv(base, index=False)
     assert main(["compare", str(base), str(after)]) == 1
-    out = capsys.readouterr().out
+    out += capsys.readouterr().out
     assert "-0.00000286" in out and "drop 0.00006 >" in out, out
     assert not re.search(r"\d(\.\d+)?e[+-]\d\d", out), out
+    assert re.search(r"\s0\s+0\.0041\s", same) and " -0 " not in same, same  # unchanged: 0, not -0
 
 
 def test_compare_flags_a_missing_cell_and_rejects_a_non_cells_file(tmp_path, capsys):
