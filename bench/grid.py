@@ -617,6 +617,10 @@ def run_from_args(args) -> int:
                   f"{f' × {n_backbones} backbones' if n_backbones > 1 else ''}), budget "
                   f"{specs[0].budget} samples, device {', '.join(devices) if devices else specs[0].device}, {jobs} at a "
                   f"time -> {out_dir}")
+    # the leaderboard's and plots' code, imported now rather than after hours of cells: a tree updated meanwhile (a
+    # git pull beside a running grid) would otherwise mix this run's modules with the new ones at its very end
+    from bench import leaderboard, plots  # noqa: F401
+
     started = time.time()
     interrupted = False
 

@@ -260,3 +260,24 @@ def test_no_resume_replaces_a_cells_older_rows_and_keeps_the_others(tmp_path):
     assert set(curves["cell_id"]) == set(cells["cell_id"])
     assert run(grid_cmd(tmp_path, "draft-1", "test-tiny", "--seed", "0", "--lr", "0.003")).returncode == 0
     assert len(assert_consistent(out)[0]) == 3
+
+
+def test_a_grid_imports_its_leaderboard_code_before_its_cells_run(tmp_path, monkeypatch):
+    """A grid runs for hours; a ``git pull`` meanwhile must not leave its end importing a newer leaderboard against
+    the older modules it already holds (it did: ImportError after every cell had finished)."""
+    import sys
+
+    from bench import grid
+    from bench.cli import main
+
+    for name in ("bench.leaderboard", "bench.plots"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    seen = {}
+
+    def run_grid(specs, out_dir, **kw):
+        seen.update({name: name in sys.modules for name in ("bench.leaderboard", "bench.plots")})
+        return {"ran": 0, "skipped": 0, "results": {}}
+
+    monkeypatch.setattr(grid, "run_grid", run_grid)
+    assert main(["run", "--grid", "--preset", "ci", "--limit", "1", "--results-dir", str(tmp_path)]) == 0
+    assert seen == {"bench.leaderboard": True, "bench.plots": True}
