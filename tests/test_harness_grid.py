@@ -267,11 +267,13 @@ def test_a_grid_imports_its_leaderboard_code_before_its_cells_run(tmp_path, monk
     the older modules it already holds (it did: ImportError after every cell had finished)."""
     import sys
 
+    import bench
     from bench import grid
     from bench.cli import main
 
-    for name in ("bench.leaderboard", "bench.plots"):
-        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in ("leaderboard", "plots"):  # as in a fresh process: neither module nor package attribute
+        monkeypatch.delitem(sys.modules, f"bench.{name}", raising=False)
+        monkeypatch.delattr(bench, name, raising=False)
     seen = {}
 
     def run_grid(specs, out_dir, **kw):
